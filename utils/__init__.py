@@ -1,0 +1,16 @@
+"""Helper library of the book *How Large Language Models Are Trained*.
+
+Each module has one job; importing :mod:`utils` itself stays cheap (no torch import) so that
+notebooks and tools can load the parts they need:
+
+- :mod:`utils.nb` — notebook conventions: profiles, parameter checks, seeding, device, report.
+- :mod:`utils.plotting` — the plotly renderer used by every chapter (static-site friendly).
+- :mod:`utils.data` — datasets: local directory, checksummed download, generated fallback.
+- :mod:`utils.attention`, :mod:`utils.models` — attention and the book's models.
+- :mod:`utils.text` — tokenizers, vocabularies and batching (the torchtext-era pipeline).
+- :mod:`utils.train`, :mod:`utils.optim` — the training loop, schedules, teaching optimizers.
+- :mod:`utils.pretrained` — offline loading of small pretrained models.
+- :mod:`utils.viz` — attention heatmaps, the explorer widget, bertviz without a CDN.
+"""
+
+__version__ = "0.1.0"

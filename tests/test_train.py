@@ -1,0 +1,568 @@
+"""Tests for utils.train: loss functions, evaluation, the Trainer, checkpoints and exact resume."""
+
+import functools
+import math
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils import optim, train
+from utils.train import History, NonFiniteLossError, TrainConfig, Trainer
+
+VOCAB, SEQ, BATCH = 11, 6, 4
+CUDA = torch.cuda.is_available()
+
+
+class TinyLM(torch.nn.Module):
+    """Embedding -> (dropout) -> linear: logits [B, T, V]. No batch-dependent layers."""
+
+    def __init__(self, dropout: float = 0.0, return_tuple: bool = False) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+        self.dropout = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(8, VOCAB)
+        self.return_tuple = return_tuple
+
+    def forward(self, x):
+        logits = self.head(self.dropout(self.embed(x)))
+        return (logits, "state") if self.return_tuple else logits
+
+
+class TinyClassifier(torch.nn.Module):
+    """Mean of embeddings (over the first ``lengths`` tokens if given) -> linear: logits [B, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x, lengths=None):
+        vectors = self.embed(x)
+        if lengths is not None:
+            mask = torch.arange(x.size(1))[None, :] < lengths[:, None]
+            vectors = vectors * mask[..., None]
+            return self.head(vectors.sum(1) / lengths[:, None]), None
+        return self.head(vectors.mean(1))
+
+
+def lm_batch_at(i: int, batch_size: int = BATCH):
+    """Deterministic micro-batch ``i``: a random token stream, targets shifted by one."""
+    generator = torch.Generator().manual_seed(1000 + i)
+    tokens = torch.randint(0, VOCAB, (batch_size, SEQ + 1), generator=generator)
+    return tokens[:, :-1].clone(), tokens[:, 1:].clone()  # separate storage: safe to edit
+
+
+def config(**kwargs) -> TrainConfig:
+    kwargs.setdefault("progress", False)
+    kwargs.setdefault("device", "cpu")
+    return TrainConfig(**kwargs)
+
+
+def new_lm_run(dropout=0.0, lr=0.05, optimizer_class=torch.optim.AdamW, schedule=True, steps=6):
+    torch.manual_seed(0)
+    model = TinyLM(dropout=dropout)
+    optimizer = optimizer_class(model.parameters(), lr=lr)
+    scheduler = optim.warmup_cosine(optimizer, 2, steps) if schedule else None
+    return model, optimizer, scheduler
+
+
+# --------------------------------------------------------------------------------------------
+# Loss functions and evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def test_lm_loss_matches_manual_cross_entropy_and_ignores_padding():
+    torch.manual_seed(0)
+    model = TinyLM()
+    x, y = lm_batch_at(0)
+    y = y.clone()
+    y[0, :3] = -100
+    loss, metrics, n_tokens = train.lm_loss(model, (x, y))
+    logits = model(x)
+    keep = y != -100
+    log_probs = torch.log_softmax(logits, dim=-1)[keep]
+    manual = -log_probs.gather(1, y[keep][:, None]).mean()
+    torch.testing.assert_close(loss, manual)
+    assert n_tokens == BATCH * SEQ - 3
+    assert metrics["accuracy"] == pytest.approx(
+        (logits.argmax(-1)[keep] == y[keep]).float().mean().item()
+    )
+    # a custom ignore_index through functools.partial; tuple outputs give their first element
+    y2 = y.clone()
+    y2[y2 == -100] = 0
+    loss_pad, _, n_pad = functools.partial(train.lm_loss, ignore_index=0)(
+        TinyLM(return_tuple=True), (x, y2)
+    )
+    assert n_pad == int((y2 != 0).sum())
+    assert torch.isfinite(loss_pad)
+
+
+def test_lm_loss_rejects_bad_shapes_and_all_padding():
+    model = TinyLM()
+    x, y = lm_batch_at(0)
+    with pytest.raises(ValueError, match="logits"):
+        train.lm_loss(model, (x, y[:, :-1]))
+    with pytest.raises(ValueError, match="ignore_index"):
+        train.lm_loss(model, (x, torch.full_like(y, -100)))
+    with pytest.raises(TypeError, match="batch"):
+        train.lm_loss(model, x)
+
+
+def test_classification_loss_both_batch_forms():
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    x = torch.randint(0, VOCAB, (5, 7))
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    loss, metrics, n = train.classification_loss(model, (x, labels))
+    logits = model(x)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels))
+    assert n == 5
+    assert metrics["accuracy"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+
+    lengths = torch.tensor([7, 3, 5, 1, 7])
+    loss_len, _, _ = train.classification_loss(model, (x, lengths, labels))  # tuple output
+    logits_len = model(x, lengths)[0]
+    torch.testing.assert_close(loss_len, F.cross_entropy(logits_len, labels))
+
+
+def test_evaluate_is_token_weighted_restores_modes_and_uses_no_grad():
+    torch.manual_seed(0)
+    model = TinyLM(dropout=0.5)
+    model.train()
+    model.head.eval()  # a mixed state that must come back as it was
+    batches = [lm_batch_at(i, batch_size=b) for i, b in enumerate([1, 3, 2])]
+    batches[1][1][0, :4] = -100  # uneven token counts make a batch-mean differ from a token-mean
+    result = train.evaluate(model, batches, train.lm_loss)
+
+    # second derivation: one cross-entropy over all tokens at once, dropout off
+    model_copy = TinyLM()
+    model_copy.load_state_dict(model.state_dict())
+    logits = torch.cat([model_copy(x).reshape(-1, VOCAB) for x, _ in batches])
+    targets = torch.cat([y.reshape(-1) for _, y in batches])
+    expected = F.cross_entropy(logits, targets, ignore_index=-100).item()
+    assert result["loss"] == pytest.approx(expected, rel=1e-6)
+    assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-6)
+    assert result["n_tokens"] == int((targets != -100).sum())
+    assert model.training and model.dropout.training and not model.head.training
+    assert all(p.grad is None for p in model.parameters())
+
+    first_two = train.evaluate(model, batches, train.lm_loss, max_batches=2)
+    assert first_two["n_tokens"] == result["n_tokens"] - 2 * SEQ
+    classification = train.evaluate(
+        TinyClassifier(), [(torch.randint(0, VOCAB, (4, 5)), torch.tensor([0, 1, 2, 0]))],
+        train.classification_loss,
+    )  # fmt: skip
+    assert "perplexity" not in classification and 0 <= classification["accuracy"] <= 1
+    with pytest.raises(ValueError, match="empty"):
+        train.evaluate(model, [], train.lm_loss)
+
+
+# --------------------------------------------------------------------------------------------
+# Config and precision validation
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"max_steps": 0}, ValueError, "max_steps"),
+        ({"max_steps": 2.5}, TypeError, "max_steps"),
+        ({"max_steps": True}, TypeError, "max_steps"),
+        ({"max_steps": 5, "grad_accum_steps": 0}, ValueError, "grad_accum_steps"),
+        ({"max_steps": 5, "clip_grad_norm": -1.0}, ValueError, "clip_grad_norm"),
+        ({"max_steps": 5, "clip_grad_norm": float("nan")}, ValueError, "clip_grad_norm"),
+        ({"max_steps": 5, "precision": "fp8"}, ValueError, "precision"),
+        ({"max_steps": 5, "precision": "fp16", "device": "cpu"}, ValueError, "fp16"),
+        ({"max_steps": 5, "eval_every": 0}, ValueError, "eval_every"),
+        ({"max_steps": 5, "checkpoint_every": 2}, ValueError, "checkpoint_path"),
+        ({"max_steps": 5, "device": "tpu9"}, ValueError, "device"),
+        ({"max_steps": 5, "seed": -1}, ValueError, "seed"),
+        ({"max_steps": 5, "compile": "yes"}, TypeError, "compile"),
+        ({"max_steps": 5, "peak_flops": 0}, ValueError, "peak_flops"),
+    ],
+)
+def test_config_validation(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_resolve_precision_rules():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train.resolve_precision("auto", cpu) == "fp32"
+    assert train.resolve_precision("bf16", cpu) == "bf16"
+    assert train.resolve_precision("auto", cuda, bf16_supported=True) == "bf16"
+    assert train.resolve_precision("auto", cuda, bf16_supported=False) == "fp16"  # e.g. a T4
+    assert train.resolve_precision("fp16", cuda, bf16_supported=True) == "fp16"
+    with pytest.raises(ValueError, match="native bf16"):
+        train.resolve_precision("bf16", cuda, bf16_supported=False)
+    with pytest.raises(ValueError, match="CUDA"):
+        train.resolve_precision("fp16", cpu)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU-only guard")
+def test_fp16_on_a_cpu_only_machine_is_refused_by_the_trainer():
+    model, optimizer, _ = new_lm_run()
+    with pytest.raises(ValueError, match="fp16"):
+        Trainer(model, optimizer, train.lm_loss, TrainConfig(max_steps=1, precision="fp16"))
+
+
+def test_peak_flops_lookup():
+    assert train.peak_flops_for("NVIDIA A100-SXM4-80GB") == 312e12
+    assert train.peak_flops_for("NVIDIA A100 80GB PCIe") == 312e12
+    assert train.peak_flops_for("NVIDIA H100 80GB HBM3") == 989e12
+    assert train.peak_flops_for("NVIDIA H100 PCIe") == 756e12
+    assert train.peak_flops_for("Tesla T4") == 65e12
+    assert train.peak_flops_for("NVIDIA L4") == 121e12
+    assert train.peak_flops_for("NVIDIA L40S") == 362e12
+    assert train.peak_flops_for("NVIDIA A10") == 125e12
+    assert train.peak_flops_for("NVIDIA A10G") is None  # not "A10", not "A100"
+    assert train.peak_flops_for("Tesla V100-PCIE-16GB") == 112e12
+    assert train.peak_flops_for("Some Laptop GPU") is None
+    assert train.training_flops_per_token(1000, n_layers=2, d_model=8, seq_len=16) == 6000 + 3072
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    def run(accum, batch_at):
+        model, optimizer, scheduler = new_lm_run(optimizer_class=optim.Adam, steps=4)
+        cfg = config(max_steps=4, grad_accum_steps=accum, clip_grad_norm=0.5)
+        history = Trainer(model, optimizer, train.lm_loss, cfg, scheduler).fit(batch_at)
+        return model, history
+
+    def big_batch_at(i):  # the two micro-batches 2i and 2i+1 as one batch
+        (x1, y1), (x2, y2) = lm_batch_at(2 * i), lm_batch_at(2 * i + 1)
+        return torch.cat([x1, x2]), torch.cat([y1, y2])
+
+    accumulated, history_accumulated = run(2, lm_batch_at)
+    big, history_big = run(1, big_batch_at)
+    for a, b in zip(accumulated.parameters(), big.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(history_accumulated.train_loss, history_big.train_loss)
+    torch.testing.assert_close(history_accumulated.grad_norm, history_big.grad_norm)
+
+
+def test_clipping_limits_the_update_and_records_the_unclipped_norm():
+    torch.manual_seed(0)
+    model = TinyLM()
+    reference = TinyLM()
+    reference.load_state_dict(model.state_dict())
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    cfg = config(max_steps=1, clip_grad_norm=0.01, seed=None)
+    history = Trainer(model, optimizer, train.lm_loss, cfg).fit(lm_batch_at)
+
+    train.lm_loss(reference, lm_batch_at(0))[0].backward()
+    true_norm = torch.linalg.vector_norm(
+        torch.cat([p.grad.flatten() for p in reference.parameters()])
+    )
+    assert history.grad_norm[0] == pytest.approx(true_norm.item(), rel=1e-5)
+    assert true_norm > 0.01  # so clipping did something
+    update = torch.cat(
+        [(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]
+    )
+    assert torch.linalg.vector_norm(update).item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_scheduler_steps_once_per_optimizer_step():
+    model, optimizer, _ = new_lm_run(lr=0.1, schedule=False)
+    scheduler = optim.warmup_cosine(optimizer, warmup_steps=2, total_steps=5, min_lr_ratio=0.0)
+    cfg = config(max_steps=5, grad_accum_steps=3)
+    history = Trainer(model, optimizer, train.lm_loss, cfg, scheduler).fit(lm_batch_at)
+    cosine = [0.1 * 0.5 * (1 + math.cos(math.pi * k / 3)) for k in range(3)]
+    assert history.lr == pytest.approx([0.05, 0.1, *cosine])
+    assert scheduler.last_epoch == 5
+    assert history.steps == [1, 2, 3, 4, 5]
+    assert len(history.train_metrics["accuracy"]) == 5
+
+
+def test_throughput_and_mfu_are_recorded():
+    model, optimizer, scheduler = new_lm_run()
+    cfg = config(max_steps=3, flops_per_token=600.0, peak_flops=1e9, log_every=1)
+    history = Trainer(model, optimizer, train.lm_loss, cfg, scheduler).fit(lm_batch_at)
+    assert all(t > 0 for t in history.tokens_per_s)
+    assert history.mfu == pytest.approx([600.0 * t / 1e9 for t in history.tokens_per_s])
+    assert history.time == sorted(history.time)
+    no_peak = Trainer(*new_lm_run()[:2], train.lm_loss, config(max_steps=1, flops_per_token=6.0))
+    assert no_peak.fit(lm_batch_at).mfu == [None]  # CPU: no known peak
+
+
+def test_progress_bar_path_runs(capsys):
+    model, optimizer, scheduler = new_lm_run()
+    cfg = config(max_steps=2, progress=True, log_every=1)
+    Trainer(model, optimizer, train.lm_loss, cfg, scheduler).fit(lm_batch_at)
+    captured = capsys.readouterr()
+    assert "step 2/2" in captured.out + captured.err
+
+
+def test_classification_training_with_eval_records():
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    x = torch.randint(0, VOCAB, (12, 5))
+    labels = x[:, 0] % 3  # learnable from the tokens
+    data = [(x[i : i + 4], labels[i : i + 4]) for i in range(0, 12, 4)]
+    optimizer = optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    cfg = config(max_steps=30, eval_every=10)
+    history = Trainer(model, optimizer, train.classification_loss, cfg).fit(data, data)
+    assert history.eval_steps == [10, 20, 30]
+    assert history.eval_loss[-1] < history.eval_loss[0]
+    assert history.eval_metric("accuracy")[-1] >= 0.5
+    assert "perplexity" not in history.eval[-1]
+
+
+def test_bf16_autocast_on_cpu_runs_the_model_in_bf16():
+    dtypes = []
+
+    def spying_loss(model, batch):
+        dtypes.append(model(batch[0]).dtype)
+        return train.lm_loss(model, batch)
+
+    model, optimizer, scheduler = new_lm_run()
+    trainer = Trainer(
+        model, optimizer, spying_loss, config(max_steps=3, precision="bf16"), scheduler
+    )
+    history = trainer.fit(lm_batch_at, [lm_batch_at(99)])
+    assert trainer.precision == "bf16" and trainer.scaler is None
+    assert dtypes == [torch.bfloat16] * 4  # 3 training steps + 1 evaluation
+    assert all(math.isfinite(v) for v in history.train_loss)
+    assert model.head.weight.dtype == torch.float32  # master weights stay fp32
+
+    dtypes.clear()
+    auto = Trainer(*new_lm_run()[:2], spying_loss, config(max_steps=1))
+    auto.fit(lm_batch_at)
+    assert auto.precision == "fp32" and dtypes == [torch.float32]
+
+
+def test_non_finite_loss_stops_with_the_step_number():
+    calls = {"n": 0}
+
+    def loss_with_nan_at_step_3(model, batch):
+        loss, metrics, n = train.lm_loss(model, batch)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), metrics, n
+
+    model, optimizer, scheduler = new_lm_run()
+    trainer = Trainer(model, optimizer, loss_with_nan_at_step_3, config(max_steps=6), scheduler)
+    with pytest.raises(NonFiniteLossError, match="step 3") as error:
+        trainer.fit(lm_batch_at)
+    assert error.value.step == 3 and trainer.step == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_diverging_training_raises_non_finite_loss_error():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e3)
+
+    def mse(model, batch):
+        x, y = batch
+        return F.mse_loss(model(x), y), {}, len(x)
+
+    data = [(torch.randn(8, 4) * 10, torch.randn(8, 1))]
+    trainer = Trainer(model, optimizer, mse, config(max_steps=200, clip_grad_norm=None))
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
+        trainer.fit(data)
+    assert trainer.step < 200
+
+
+def test_data_errors_are_clear():
+    model, optimizer, _ = new_lm_run()
+    with pytest.raises(ValueError, match="empty"):
+        Trainer(model, optimizer, train.lm_loss, config(max_steps=2)).fit([])
+    one_shot = (lm_batch_at(i) for i in range(2))
+    with pytest.raises(ValueError, match="one-shot"):
+        Trainer(model, optimizer, train.lm_loss, config(max_steps=3)).fit(one_shot)
+    with pytest.raises(TypeError, match="train_batches"):
+        Trainer(model, optimizer, train.lm_loss, config(max_steps=2)).fit(42)
+    with pytest.raises(TypeError, match="re-iterable"):
+        Trainer(model, optimizer, train.lm_loss, config(max_steps=2)).fit(
+            lm_batch_at, eval_batches=iter([lm_batch_at(0)])
+        )
+    with pytest.raises(ValueError, match="eval_batches"):
+        Trainer(model, optimizer, train.lm_loss, config(max_steps=2, eval_every=1)).fit(lm_batch_at)
+    with pytest.raises(TypeError, match="n_tokens"):
+        Trainer(
+            model, optimizer, lambda m, b: (train.lm_loss(m, b)[0], {}, 0), config(max_steps=1)
+        ).fit(lm_batch_at)
+
+
+def test_compile_wraps_the_forward_model_but_checkpoints_the_original(monkeypatch, tmp_path):
+    compiled = []
+
+    class Wrapper(torch.nn.Module):  # stands in for torch.compile's OptimizedModule
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, *args):
+            compiled.append(True)
+            return self._orig_mod(*args)
+
+    monkeypatch.setattr(torch, "compile", Wrapper)
+    model, optimizer, scheduler = new_lm_run()
+    path = tmp_path / "run.pt"
+    cfg = config(max_steps=2, compile=True, checkpoint_path=str(path))
+    Trainer(model, optimizer, train.lm_loss, cfg, scheduler).fit(lm_batch_at)
+    assert len(compiled) == 2
+    saved = torch.load(path, weights_only=True)
+    assert set(saved["model"]) == set(TinyLM().state_dict())
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and exact resume
+# --------------------------------------------------------------------------------------------
+
+
+class ReplayableBatches:
+    """A re-iterable that is not a sequence: 5 batches per pass, same order every pass."""
+
+    def __iter__(self):
+        return (lm_batch_at(i) for i in range(5))
+
+
+DATA_FORMS = {
+    "batch_at": lm_batch_at,
+    "list": [lm_batch_at(i) for i in range(7)],
+    "iterable": ReplayableBatches(),
+}
+
+
+@pytest.mark.parametrize("data_form", list(DATA_FORMS))
+@pytest.mark.parametrize("optimizer_class", [torch.optim.AdamW, optim.AdamW])
+def test_resume_is_exact(tmp_path, data_form, optimizer_class):
+    data = DATA_FORMS[data_form]
+    eval_batches = [lm_batch_at(100), lm_batch_at(101)]
+    total, interrupted_at = 8, 4
+
+    def make_trainer(max_steps, path):
+        model, optimizer, scheduler = new_lm_run(
+            dropout=0.3, optimizer_class=optimizer_class, steps=total
+        )
+        cfg = config(
+            max_steps=max_steps, grad_accum_steps=2, eval_every=2, checkpoint_path=path, seed=3
+        )
+        return Trainer(model, optimizer, train.lm_loss, cfg, scheduler)
+
+    straight = make_trainer(total, None)
+    straight.fit(data, eval_batches)
+
+    path = str(tmp_path / "ckpt" / "run.pt")
+    make_trainer(interrupted_at, path).fit(data, eval_batches)
+    assert os.path.exists(path)
+    # scramble every RNG, as a new Python session would
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    resumed = make_trainer(total, path)  # fresh model, optimizer and scheduler
+    history = resumed.fit(data, eval_batches)
+
+    assert history.steps == list(range(1, total + 1))
+    assert history.train_loss == straight.history.train_loss  # exactly, not approximately
+    assert history.lr == straight.history.lr
+    assert history.grad_norm == straight.history.grad_norm
+    assert history.eval == straight.history.eval
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.micro_batches_consumed == 2 * total
+
+
+def test_dropout_rng_matters_for_resume(tmp_path):
+    """Without the RNG restore the resumed run differs: the exactness test can fail."""
+    path = str(tmp_path / "run.pt")
+
+    def make_trainer(max_steps, checkpoint_path=path):
+        model, optimizer, scheduler = new_lm_run(dropout=0.3, steps=6)
+        cfg = config(max_steps=max_steps, checkpoint_path=checkpoint_path)
+        return Trainer(model, optimizer, train.lm_loss, cfg, scheduler)
+
+    straight = make_trainer(6, checkpoint_path=None)
+    straight.fit(lm_batch_at)
+    make_trainer(3).fit(lm_batch_at)
+    resumed = make_trainer(6)
+    resumed.load_checkpoint(path, restore_rng=False)
+    torch.manual_seed(12345)
+    resumed.fit(lm_batch_at)
+    assert resumed.history.train_loss[:3] == straight.history.train_loss[:3]
+    assert resumed.history.train_loss[3:] != straight.history.train_loss[3:]
+
+
+def test_checkpoint_contents_load_with_weights_only(tmp_path):
+    path = tmp_path / "run.pt"
+    model, optimizer, scheduler = new_lm_run(optimizer_class=optim.Adam)
+    cfg = config(max_steps=4, checkpoint_path=str(path), checkpoint_every=2)
+    trainer = Trainer(model, optimizer, train.lm_loss, cfg, scheduler)
+    trainer.fit(lm_batch_at, [lm_batch_at(50)])
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["step"] == 4 and checkpoint["micro_batches_consumed"] == 4
+    assert checkpoint["config"]["max_steps"] == 4
+    assert set(checkpoint["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert checkpoint["scheduler"]["last_epoch"] == 4
+    assert History.from_dict(checkpoint["history"]) == trainer.history
+    assert [name for name in os.listdir(tmp_path)] == ["run.pt"]  # no temporary file left over
+
+    # a finished run resumes to "nothing left to do"
+    model2, optimizer2, scheduler2 = new_lm_run(optimizer_class=optim.Adam)
+    again = Trainer(model2, optimizer2, train.lm_loss, cfg, scheduler2)
+    assert again.fit(lm_batch_at) == trainer.history
+    for a, b in zip(model2.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_refuses_a_scheduler_mismatch(tmp_path):
+    path = str(tmp_path / "run.pt")
+    model, optimizer, scheduler = new_lm_run()
+    Trainer(
+        model, optimizer, train.lm_loss, config(max_steps=2, checkpoint_path=path), scheduler
+    ).fit(lm_batch_at)
+    model, optimizer, _ = new_lm_run()
+    trainer = Trainer(model, optimizer, train.lm_loss, config(max_steps=4, checkpoint_path=path))
+    with pytest.raises(ValueError, match="scheduler"):
+        trainer.fit(lm_batch_at)
+
+
+def test_history_round_trip():
+    history = History(
+        steps=[1, 2],
+        train_loss=[2.0, 1.5],
+        lr=[0.1, 0.1],
+        grad_norm=[1.0, 0.5],
+        tokens_per_s=[10.0, 12.0],
+        mfu=[None, None],
+        time=[0.1, 0.2],
+        train_metrics={"accuracy": [0.1, 0.2]},
+        eval=[{"step": 2, "loss": 1.4, "perplexity": math.exp(1.4)}],
+    )
+    assert History.from_dict(history.to_dict()) == history
+    assert history.eval_steps == [2] and history.eval_loss == [1.4] and len(history) == 2
+    with pytest.raises(ValueError, match="unknown"):
+        History.from_dict({"bogus": []})
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA-only paths (skipped on CPU machines)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "auto"])
+def test_cuda_mixed_precision_trains_and_resumes(tmp_path, precision):
+    path = str(tmp_path / "run.pt")
+
+    def make_trainer(max_steps):
+        model, optimizer, scheduler = new_lm_run(dropout=0.3, steps=6)
+        cfg = config(max_steps=max_steps, precision=precision, device="cuda", checkpoint_path=path)
+        return Trainer(model, optimizer, train.lm_loss, cfg, scheduler)
+
+    make_trainer(3).fit(lm_batch_at, [lm_batch_at(9)])
+    resumed = make_trainer(6)
+    history = resumed.fit(lm_batch_at, [lm_batch_at(9)])
+    assert (resumed.scaler is not None) == (resumed.precision == "fp16")
+    assert all(math.isfinite(v) for v in history.train_loss) and len(history) == 6
+    assert resumed.peak_flops is None or resumed.peak_flops > 1e13
+    checkpoint = torch.load(path, weights_only=True)
+    assert (checkpoint["grad_scaler"] is not None) == (resumed.precision == "fp16")

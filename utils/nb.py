@@ -1,0 +1,253 @@
+"""Notebook conventions shared by every chapter.
+
+Every chapter notebook starts with a cell tagged ``parameters`` (papermill's convention) holding all
+its knobs, then calls into this module to turn those knobs into a checked configuration:
+
+>>> profile = resolve_profile(None)          # "smoke" | "book" | "gpu"
+>>> steps = check_int("steps", by_profile(profile, smoke=5, book=300, gpu=3000), min_value=1)
+>>> seed_everything(0)
+>>> device = pick_device("auto")
+
+Profiles (see CONTRIBUTING.md):
+
+- ``smoke``: seconds per notebook; what ``pytest --nbval`` runs in CI.
+- ``book``: a 2-core CPU in minutes; what the committed outputs and the published site show.
+- ``gpu``: full-size runs; chosen automatically when CUDA is present.
+
+The profile comes from, in order: the ``profile`` parameter (e.g. ``papermill -p profile smoke``),
+the ``LLMBOOK_PROFILE`` environment variable (how ``pytest --nbval`` selects ``smoke`` without editing
+notebooks), and finally ``gpu`` if CUDA is available, else ``book``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from typing import Any
+
+PROFILES: tuple[str, ...] = ("smoke", "book", "gpu")
+PROFILE_ENV = "LLMBOOK_PROFILE"
+
+
+class ParameterError(ValueError):
+    """A notebook parameter has an invalid value. The message says what is allowed."""
+
+
+def resolve_profile(profile: str | None = None) -> str:
+    """Return the profile to run under, validated.
+
+    ``None`` or ``""`` means "not chosen in the notebook": the ``LLMBOOK_PROFILE`` environment
+    variable decides, else ``gpu`` when CUDA is available, else ``book``.
+    """
+    source = "the 'profile' parameter"
+    if profile is None or profile == "":
+        profile = os.environ.get(PROFILE_ENV) or None
+        source = f"the {PROFILE_ENV} environment variable"
+    if profile is None:
+        return "gpu" if _cuda_available() else "book"
+    if not isinstance(profile, str) or profile.strip().lower() not in PROFILES:
+        raise ParameterError(
+            f"profile={profile!r} (from {source}) is not a known profile; choose one of "
+            f"{', '.join(PROFILES)}: in the parameters cell, with `papermill -p profile smoke`, "
+            f"or with `{PROFILE_ENV}=smoke`."
+        )
+    profile = profile.strip().lower()
+    if profile == "gpu" and not _cuda_available():
+        print(
+            "WARNING: profile 'gpu' chosen but no CUDA device is visible; full-size runs on a CPU "
+            "can take hours. Use profile 'book' on a CPU.",
+            file=sys.stderr,
+        )
+    return profile
+
+
+def by_profile(profile: str, **choices: Any) -> Any:
+    """Pick the value for ``profile`` from keyword choices, e.g. ``by_profile(p, smoke=2, book=50, gpu=500)``."""
+    if profile not in PROFILES:
+        raise ParameterError(f"profile={profile!r} is not one of {', '.join(PROFILES)}")
+    missing = [p for p in PROFILES if p not in choices]
+    unknown = [k for k in choices if k not in PROFILES]
+    if missing or unknown:
+        raise ParameterError(
+            f"by_profile needs exactly the keys {PROFILES}; missing {missing}, unknown {unknown}"
+        )
+    return choices[profile]
+
+
+def _describe_range(min_value: Any, max_value: Any) -> str:
+    if min_value is not None and max_value is not None:
+        return f"between {min_value} and {max_value}"
+    if min_value is not None:
+        return f">= {min_value}"
+    if max_value is not None:
+        return f"<= {max_value}"
+    return "any value"
+
+
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    min_value: int | None = None,
+    max_value: int | None = None,
+    allow_none: bool = False,
+) -> int | None:
+    """Return ``value`` if it is an int in ``[min_value, max_value]``, else raise ParameterError."""
+    if value is None and allow_none:
+        return None
+    # bool is a subclass of int; `steps=True` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParameterError(
+            f"{name}={value!r} must be an integer {_describe_range(min_value, max_value)}"
+        )
+    if (min_value is not None and value < min_value) or (
+        max_value is not None and value > max_value
+    ):
+        raise ParameterError(
+            f"{name}={value!r} is out of range: it must be an integer "
+            f"{_describe_range(min_value, max_value)}"
+        )
+    return value
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    allow_none: bool = False,
+) -> float | None:
+    """Return ``float(value)`` if it is a finite real in ``[min_value, max_value]``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParameterError(
+            f"{name}={value!r} must be a number {_describe_range(min_value, max_value)}"
+        )
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ParameterError(f"{name}={value!r} must be finite")
+    if (min_value is not None and value < min_value) or (
+        max_value is not None and value > max_value
+    ):
+        raise ParameterError(
+            f"{name}={value!r} is out of range: it must be {_describe_range(min_value, max_value)}"
+        )
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise ParameterError listing them."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ParameterError(f"{name}={value!r} is not allowed; choose one of {choices}")
+    return value
+
+
+def seed_everything(seed: int) -> int:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device). Returns the seed."""
+    seed = check_int("seed", seed, min_value=0, max_value=2**32 - 1)
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # numpy is optional for this function
+        pass
+    import torch
+
+    torch.manual_seed(seed)  # also seeds all CUDA devices
+    return seed
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pick_device(device: str | None = "auto"):
+    """Return a ``torch.device``: ``"auto"``/``None`` picks CUDA, then Apple MPS, then CPU.
+
+    An explicit ``"cuda"`` without a GPU is an error, not a silent fallback.
+    """
+    import torch
+
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ParameterError(
+            f"device={device!r} is not a valid torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(
+            f"device={device!r} was requested but CUDA is not available here; use 'auto' or 'cpu'"
+        )
+    return dev
+
+
+def autocast_dtype(device) -> Any:
+    """The mixed-precision dtype for ``device``: bf16 where supported, fp16 on older GPUs, else None.
+
+    Colab's T4 has no bf16 tensor cores, so it gets fp16 (pair it with ``torch.amp.GradScaler``).
+    On the CPU we train in fp32: bf16 autocast there is slower on most laptops.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def versions(packages: Sequence[str] = ("torch", "numpy", "transformers", "plotly")) -> dict:
+    """Installed versions of ``packages`` (plus Python), for reports and notebook metadata."""
+    out = {"python": platform.python_version()}
+    out.update({p: _version(p) for p in packages})
+    return out
+
+
+def environment_report(device=None) -> str:
+    """A short multi-line description of the machine: Python, torch, device, threads, GPU name."""
+    import torch
+
+    device = pick_device("auto") if device is None else torch.device(device)
+    lines = [
+        f"python {platform.python_version()} on {platform.system()} {platform.machine()}",
+        f"torch {torch.__version__}; CUDA available: {torch.cuda.is_available()}",
+        f"device: {device}; CPU threads: {torch.get_num_threads()} of {os.cpu_count()} cores",
+    ]
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        lines.append(
+            f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, "
+            f"bf16: {torch.cuda.is_bf16_supported()}"
+        )
+    if in_colab():
+        lines.append("running in Google Colab")
+    return "\n".join(lines)

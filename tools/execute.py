@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     failures = []
     for path in tqdm(paths, desc="notebooks", unit="nb"):
-        tqdm.write(f"executing {path.relative_to(ROOT)} under profile {args.profile}")
+        tqdm.write(f"executing {path.name} under profile {args.profile}")
         try:
             seconds = execute(path, args.profile, args.timeout)
         except papermill.PapermillExecutionError as err:

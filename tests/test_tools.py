@@ -1,0 +1,79 @@
+"""The project's tools: the offline check of the built site, and the executor."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from utils import provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import check_offline  # noqa: E402  (tools/ is a folder of scripts, not a package)
+
+
+def _site(tmp_path, body: str, css: str = "") -> Path:
+    (tmp_path / "page.html").write_text(f"<html><head></head><body>{body}</body></html>")
+    if css:
+        (tmp_path / "style.css").write_text(css)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '<script src="https://cdn.example.org/x.js"></script>',
+        '<script src="//cdn.example.org/x.js"></script>',
+        '<link rel="stylesheet" href="https://fonts.example.org/a.css">',
+        '<img src="https://colab.research.google.com/assets/colab-badge.svg">',
+        '<script type="module">import m from "https://cdn.example.org/m.mjs";</script>',
+    ],
+)
+def test_remote_resources_are_reported(tmp_path, body):
+    assert check_offline.remote_loads(_site(tmp_path, body))
+
+
+def test_local_resources_and_plain_links_pass(tmp_path):
+    body = (
+        '<script src="../_static/vendor/require.js"></script>'
+        '<link rel="stylesheet" href="_static/a.css">'
+        '<a href="https://example.org">a link loads nothing</a>'
+        '<script>var s = "https://example.org/only-a-string";</script>'
+    )
+    assert check_offline.remote_loads(_site(tmp_path, body, css="a{color:red}")) == {}
+
+
+def test_remote_css_import_is_reported(tmp_path):
+    site = _site(tmp_path, "", css='@import "https://fonts.example.org/f.css";')
+    assert "style.css" in check_offline.remote_loads(site)
+
+
+def test_main_fails_without_pages(tmp_path):
+    assert check_offline.main([str(tmp_path)]) == 1
+
+
+@pytest.mark.slow
+def test_executor_runs_in_place_and_records_provenance(tmp_path):
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# Tiny"),
+            new_code_cell("profile = None", metadata={"tags": ["parameters"]}),
+            new_code_cell("from utils import nb\nprint(nb.resolve_profile(profile))"),
+        ],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
+    path = tmp_path / "01_tiny.ipynb"
+    nbformat.write(nb, path)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "execute.py"), str(path)], check=True, cwd=ROOT
+    )
+    done = nbformat.read(path, as_version=4)
+    assert done.cells[2].outputs[0]["text"] == "book\n"  # the default profile of the executor
+    assert provenance.staleness(done) == []
+    assert "papermill" not in done.metadata
+    assert all("injected-parameters" not in c.metadata.get("tags", []) for c in done.cells)

@@ -77,3 +77,58 @@ def test_executor_runs_in_place_and_records_provenance(tmp_path):
     assert provenance.staleness(done) == []
     assert "papermill" not in done.metadata
     assert all("injected-parameters" not in c.metadata.get("tags", []) for c in done.cells)
+
+
+def _nbval(path: Path) -> subprocess.CompletedProcess:
+    """Run `pytest --nbval` on one notebook with the project's options (as `make nbval` does)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval",
+            str(path),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(ROOT / "tests" / "nbval_sanitize.cfg"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=path.parent,
+    )
+
+
+def _stream(text):
+    return nbformat.v4.new_output("stream", name="stdout", text=text)
+
+
+@pytest.mark.slow
+def test_nbval_catches_an_edited_compared_output_but_not_ignored_or_sanitized_ones(tmp_path):
+    cells = [
+        new_code_cell("print(6 * 7)", outputs=[_stream("42\n")], execution_count=1),
+        new_code_cell(  # machine-dependent: exempt
+            "# NBVAL_IGNORE_OUTPUT\nimport os\nprint(os.getpid())",
+            outputs=[_stream("1\n")],
+            execution_count=2,
+        ),
+        new_code_cell(  # a duration is masked by the sanitize file
+            "print('took 0.25 s')",
+            outputs=[_stream("took 9.9 s\n")],
+            execution_count=3,
+        ),
+    ]
+    meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    good = tmp_path / "good.ipynb"
+    nbformat.write(new_notebook(cells=cells, metadata=meta), good)
+    result = _nbval(good)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    cells[0].outputs = [_stream("43\n")]  # someone edits a compared output
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(new_notebook(cells=cells, metadata=meta), bad)
+    result = _nbval(bad)
+    assert result.returncode != 0
+    assert "1 failed" in result.stdout

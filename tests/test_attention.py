@@ -20,8 +20,14 @@ from utils.attention import (
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    # tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the
+    # thread pool's contention made these tests several times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------
@@ -107,10 +113,18 @@ def test_dropout_only_in_training():
     [
         (dict(q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 5), v=torch.randn(2, 3, 5)), ValueError),
         (dict(q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 4), v=torch.randn(2, 2, 4)), ValueError),
-        (dict(q=torch.ones(2, 3, 4, dtype=torch.long), k=torch.ones(2, 3, 4),
-              v=torch.ones(2, 3, 4)), TypeError),  # fmt: skip
-        (dict(q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 4).double(), v=torch.randn(2, 3, 4)),
-         TypeError),  # fmt: skip
+        (
+            dict(
+                q=torch.ones(2, 3, 4, dtype=torch.long),
+                k=torch.ones(2, 3, 4),
+                v=torch.ones(2, 3, 4),
+            ),
+            TypeError,
+        ),
+        (
+            dict(q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 4).double(), v=torch.randn(2, 3, 4)),
+            TypeError,
+        ),
         (dict(q=torch.randn(4), k=torch.randn(4), v=torch.randn(4)), ValueError),
         (dict(mask=torch.ones(2, 3, 3)), TypeError),  # float mask
         (dict(mask=torch.ones(3, 4, dtype=torch.bool)), ValueError),  # wrong L_k
@@ -213,8 +227,10 @@ def test_mha_matches_torch_self_attention_with_masks(need_weights, bias):
         (dict(), dict()),
         (dict(mask=padding_mask(lengths)), dict(key_padding_mask=is_pad)),
         (dict(is_causal=True), dict(attn_mask=not_causal)),
-        (dict(mask=padding_mask(lengths), is_causal=True),
-         dict(key_padding_mask=is_pad, attn_mask=not_causal)),  # fmt: skip
+        (
+            dict(mask=padding_mask(lengths), is_causal=True),
+            dict(key_padding_mask=is_pad, attn_mask=not_causal),
+        ),
     ]
     for our_kwargs, ref_kwargs in cases:
         out, weights = ours(x, x, x, need_weights=need_weights, **our_kwargs)

@@ -5,8 +5,9 @@ Conventions used everywhere in the book:
 - Tensors are batch first: token sequences are ``(B, L, d_model)``, per-head tensors are
   ``(B, H, L, head_dim)`` and attention weights are ``(B, H, L_q, L_k)``.
 - Boolean masks say **True = may attend**, the same convention as the boolean ``attn_mask`` of
-  :func:`torch.nn.functional.scaled_dot_product_attention`. Careful: :class:`torch.nn.MultiheadAttention`
-  uses the opposite convention (True = masked out) for both ``attn_mask`` and ``key_padding_mask``.
+  :func:`torch.nn.functional.scaled_dot_product_attention`. Careful:
+  :class:`torch.nn.MultiheadAttention` uses the opposite convention (True = masked out) for both
+  its ``attn_mask`` and its ``key_padding_mask``.
 - A query row whose keys are *all* masked gets all-zero weights and a zero output (not NaN).
   PyTorch's ``F.scaled_dot_product_attention`` does the same since torch 2.5 (it returns NaN on
   older versions); :class:`torch.nn.MultiheadAttention` still returns NaN for such rows (checked on

@@ -103,7 +103,7 @@ def init_gpt2_weights(model: nn.Module, n_layers: int) -> None:
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward net: ``(…, d_model) -> (…, d_ff) -> GELU -> (…, d_model)``."""
+    """Position-wise feed-forward net: ``(..., d) -> (..., d_ff) -> GELU -> (..., d)``."""
 
     def __init__(self, d_model: int, d_ff: int) -> None:
         super().__init__()

@@ -210,7 +210,9 @@ def autocast_dtype(device) -> Any:
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # including_emulation=False: recent torch reports bf16 "supported" on a T4 through slow emulation.
+    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if bf16 else torch.float16
 
 
 def in_colab() -> bool:
@@ -246,7 +248,7 @@ def environment_report(device=None) -> str:
         props = torch.cuda.get_device_properties(device)
         lines.append(
             f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, "
-            f"bf16: {torch.cuda.is_bf16_supported()}"
+            f"bf16: {torch.cuda.is_bf16_supported(including_emulation=False)}"
         )
     if in_colab():
         lines.append("running in Google Colab")

@@ -12,6 +12,9 @@ The pieces, from the bottom up:
   a progress bar, and checkpoints that resume *exactly* (same losses, same parameters).
 - :class:`History` records the run (what the plots read) and travels inside checkpoints.
 
+Learning-rate schedules (``warmup_cosine``, ``step_decay``, ``inverse_sqrt``) live in
+:mod:`utils.optim`, next to the teaching optimizers; pass one as ``Trainer(..., scheduler=...)``.
+
 **Data, and why resume is exact.** ``Trainer.fit(train_batches)`` takes either
 
 1. a function ``batch_at(i) -> batch`` of the *micro-batch index* ``i = 0, 1, 2, ...`` (optimizer
@@ -277,11 +280,12 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 def _unpack(batch: Any, sizes: tuple[int, ...], what: str) -> Sequence[Any]:
-    if not isinstance(batch, (tuple, list)) or len(batch) not in sizes:
-        raise TypeError(
-            f"{what}; got {type(batch).__name__} of length {len(batch) if isinstance(batch, (tuple, list)) else '-'}"
-        )
-    return batch
+    if isinstance(batch, (tuple, list)) and len(batch) in sizes:
+        return batch
+    got = f"a {type(batch).__name__}"
+    if isinstance(batch, (tuple, list)):
+        got += f" of length {len(batch)}"
+    raise TypeError(f"{what}; got {got}")
 
 
 def lm_loss(

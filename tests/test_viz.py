@@ -349,7 +349,7 @@ def _params(page: str) -> dict:
 
 def _check_offline_page(page: str, vendor: str = "../_static/vendor") -> None:
     assert not SCRIPT_SRC.search(page)  # nothing is fetched by a <script src> tag
-    assert f'"{vendor}/require.min.js"' in page
+    assert f'"{vendor}/require.js"' in page
     assert f'["{vendor}/d3.min", "https://cdnjs.cloudflare.com/ajax/libs/d3/5.7.0/d3.min"]' in page
     assert f'"{vendor}/jquery.min"' in page
     assert "require.config({" not in page  # bertviz's global CDN-only config is gone
@@ -466,8 +466,8 @@ def test_bertviz_loader_logic_runs_in_node(tmp_path):
     page_has_require, local_require, cdn_require = json.loads(result.stdout)
     cdn = "https://cdnjs.cloudflare.com/ajax/libs/require.js/2.3.6/require.min.js"
     assert page_has_require["sources"] == []  # the page's require.js is reused
-    assert local_require["sources"] == ["../_static/vendor/require.min.js"]
-    assert cdn_require["sources"] == ["../_static/vendor/require.min.js", cdn]
+    assert local_require["sources"] == ["../_static/vendor/require.js"]
+    assert cdn_require["sources"] == ["../_static/vendor/require.js", cdn]
     for case in (page_has_require, local_require, cdn_require):
         config, call = case["log"]
         assert config["config"]["paths"]["d3"][0] == "../_static/vendor/d3.min"
@@ -492,3 +492,22 @@ def test_with_the_book_transformer_lm():
     fig = viz.attention_heatmap(attentions[1, 0], tokens)
     assert list(fig.layout.xaxis.ticktext) == tokens
     _check_offline_page(viz.head_view(attentions, tokens).data)
+
+
+def test_with_the_book_classifier_cls_position():
+    models = pytest.importorskip("utils.models")
+    torch.manual_seed(0)
+    model = models.TransformerClassifier(
+        vocab_size=VOCAB_SIZE,
+        num_classes=2,
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        max_len=8,
+        pad_idx=VOCAB_SIZE - 1,
+        pooling="cls",
+    )
+    tokens, attentions, truncated = viz.attention_for_text(
+        model, "a long sentence", encode=encode, decode_tokens=decode_tokens
+    )
+    assert truncated and tokens == ["[CLS]", *"a long s"] and attentions.shape == (1, 2, 9, 9)

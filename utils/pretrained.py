@@ -211,7 +211,7 @@ def _offline_message(name: str) -> str:
         f"Cannot load {name!r}: {reason} and it is not in the local Hugging Face cache. "
         f"Models that work offline here: {offline}. To use another model, run this notebook where "
         f"there is a network (e.g. on Colab), or download it beforehand on a machine with one "
-        f"(`huggingface-cli download {name}`) and copy the cache (~/.cache/huggingface) over."
+        f"(`hf download {name}`) and copy the cache (~/.cache/huggingface) over."
     )
 
 

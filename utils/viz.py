@@ -342,7 +342,8 @@ def attention_for_text(
 
     - the book's models: pass ``encode(text) -> ids`` and ``decode_tokens(ids) -> strings``; the
       model is called as ``model(idx[1, L], return_attention=True)``. ``max_len`` defaults to
-      ``model.max_len``;
+      ``model.max_len``. For a classifier with ``pooling="cls"`` the extra first position is
+      labelled ``"[CLS]"``;
     - Hugging Face models: pass ``tokenizer``; the model is called with ``output_attentions=True``.
       ``max_len`` defaults to the smaller of the tokenizer's and the position table's limits.
 
@@ -397,6 +398,8 @@ def _book_attention(model, encode, decode_tokens, text, max_len):
         )
     attentions = _stack_attentions(output[1])
     tokens = [str(t) for t in decode_tokens(ids)]
+    if attentions.shape[-1] == len(tokens) + 1 and getattr(model, "pooling", None) == "cls":
+        tokens = ["[CLS]", *tokens]  # TransformerClassifier(pooling="cls") prepends a CLS position
     if len(tokens) != attentions.shape[-1]:
         raise RuntimeError(
             f"decode_tokens returned {len(tokens)} tokens for {attentions.shape[-1]} positions"
@@ -655,7 +658,7 @@ def rewrite_bertviz_html(page: str, vendor_url: str = DEFAULT_VENDOR_URL) -> str
     script = (
         _LOADER_TEMPLATE.replace(
             "__REQUIRE_SOURCES__",
-            json.dumps([f"{vendor_url}/require.min.js", require_tag.group("url")]),
+            json.dumps([f"{vendor_url}/require.js", require_tag.group("url")]),
         )
         .replace("__PATHS__", json.dumps(paths))
         .replace("__BODY__", body)
@@ -731,7 +734,7 @@ def head_view(
     """bertviz's head view as an ``IPython.display.HTML`` that needs no CDN in the built site.
 
     ``attention``: one ``[B, H, L, L]`` tensor per layer (list/tuple), or ``[n_layers, H, L, L]``.
-    ``vendor_url`` is where require.min.js, d3.min.js and jquery.min.js live, relative to the page.
+    ``vendor_url`` is where require.js, d3.min.js and jquery.min.js live, relative to the page.
     Other keyword arguments go to ``bertviz.head_view`` (e.g. ``layer=``, ``heads=``).
     """
     import bertviz

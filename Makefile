@@ -16,7 +16,7 @@ endif
 # No telemetry calls from Hugging Face libraries.
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv vendor book test lint unit nbval site offline execute clean
+.PHONY: venv vendor book test lint unit slow nbval site offline execute clean
 
 venv: $(STAMP)
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
@@ -45,6 +45,10 @@ lint: venv
 unit: venv
 	$(BIN)/pytest tests -q -p no:cacheprovider
 
+# Tests marked slow: loading SmolLM2 (~30 s), running the executor and nbval on tiny notebooks.
+slow: venv
+	$(BIN)/pytest tests -q -p no:cacheprovider -m slow
+
 # Re-executes every chapter under the smoke profile and compares the outputs of compared cells.
 nbval: venv
 	LLMBOOK_PROFILE=smoke $(BIN)/pytest --nbval notebooks -q -p no:cacheprovider \
@@ -53,7 +57,7 @@ nbval: venv
 offline: site
 	$(BIN)/python tools/check_offline.py _build/html
 
-test: lint unit nbval offline
+test: lint unit slow nbval offline
 	@echo "make test: all checks passed"
 
 # Refresh the committed outputs (book profile) after changing a notebook or utils/.

@@ -1,0 +1,133 @@
+"""Look at the built site as a reader would: headless Chromium against a localhost server.
+
+For each page it (1) dumps the DOM after scripts ran and counts what rendered — typeset math
+(MathJax ``mjx-container``), drawn plotly figures (``.main-svg``), live widgets (``.widget-*``
+elements created by the widget manager), mermaid diagrams (an ``svg`` inside ``.mermaid``); (2)
+records every network request in a Chromium net-log and reports any that left localhost; (3) saves a
+full-page screenshot. Exit status 1 if a request left localhost or a page failed to load.
+
+Usage::
+
+    python tools/browser_check.py [--site _build/html] [--out _build/browser] PAGE [PAGE ...]
+    python tools/browser_check.py notebooks/01_background.html book/intro.html
+
+Needs Debian's ``chromium`` (``apt-get install chromium``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=20000",  # let MathJax, plotly and the widget manager finish
+]
+RENDERED = {
+    "math (mjx-container)": r"<mjx-container",
+    "plotly figures (main-svg)": r'class="main-svg"',
+    "widgets (widget-*)": r'class="[^"]*\bwidget-(?:vbox|hbox|slider|text|label|html|dropdown|box)',
+    "mermaid diagrams (svg)": r'<pre class="mermaid"[^>]*data-processed="true"|class="mermaid"[^>]*>\s*<svg',
+}
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def _serve(site: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def _chromium(args: list[str], user_dir: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise SystemExit("browser_check: chromium not found (apt-get install chromium)")
+    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_dir}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def _page_requests(netlog: Path, origin: str) -> list[str]:
+    """URLs the page itself requested (initiator = the page's origin, or the navigation to it).
+
+    Chromium's own background calls (sign-in, updates) carry no origin and are left out.
+    """
+    text = netlog.read_text(errors="replace").rstrip()
+    if not text.endswith("}"):  # Chromium may leave the log unterminated
+        text = text.rstrip(",") + "]}"
+    log = json.loads(text)
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    urls = []
+    for event in log["events"]:
+        params = event.get("params", {})
+        if event["type"] == start_job and "url" in params:
+            if params.get("initiator") == origin or params["url"].startswith(origin + "/"):
+                urls.append(params["url"])
+    return urls
+
+
+def check_page(base: str, page: str, out: Path, height: int) -> dict:
+    url = f"{base}/{page}"
+    with tempfile.TemporaryDirectory() as user_dir:
+        netlog = Path(user_dir) / "netlog.json"
+        dom = _chromium([f"--log-net-log={netlog}", "--dump-dom", url], user_dir).stdout
+        origin = base.rstrip("/")
+        requests = _page_requests(netlog, origin) if netlog.exists() else []
+    shot = out / (page.replace("/", "_").replace(".html", "") + ".png")
+    with tempfile.TemporaryDirectory() as user_dir:
+        _chromium([f"--screenshot={shot}", f"--window-size=1280,{height}", url], user_dir)
+    counts = {name: len(re.findall(rx, dom)) for name, rx in RENDERED.items()}
+    return {
+        "page": page,
+        "dom_bytes": len(dom),
+        "rendered": counts,
+        "requests": len(requests),
+        "foreign_requests": sorted({u for u in requests if urlparse(u).hostname != "127.0.0.1"}),
+        "screenshot": str(shot),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pages", nargs="+")
+    parser.add_argument("--site", type=Path, default=Path("_build/html"))
+    parser.add_argument("--out", type=Path, default=Path("_build/browser"))
+    parser.add_argument("--height", type=int, default=4000, help="screenshot height in pixels")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    server, port = _serve(args.site)
+    failed = False
+    try:
+        for page in args.pages:
+            result = check_page(f"http://127.0.0.1:{port}", page, args.out, args.height)
+            print(json.dumps(result, indent=1))
+            failed |= bool(result["foreign_requests"]) or result["dom_bytes"] < 1000
+    finally:
+        server.shutdown()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,12 +1,24 @@
 """Shared pytest configuration for the unit tests."""
 
 import pytest
+import torch
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: loads a large pretrained model or runs a notebook (seconds to minutes)"
     )
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    """Seed torch and use one thread: tiny tensors gain nothing from intra-op threads, and on a
+    shared 2-core machine the thread pool's contention made tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

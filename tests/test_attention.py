@@ -18,18 +18,6 @@ from utils.attention import (
     scaled_dot_product_attention,
 )
 
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the
-    # thread pool's contention made these tests several times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------
 # scaled_dot_product_attention
 # ------------------------------------------------------------------------------------------

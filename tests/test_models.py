@@ -23,17 +23,6 @@ V, D, H, N_LAYERS, MAX_LEN = 40, 16, 2, 2, 12
 POS_ENCODINGS = ["learned", "sinusoidal", "rope"]
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the
-    # thread pool's contention made these tests several times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_lm(**kwargs):
     args = dict(vocab_size=V, d_model=D, n_heads=H, n_layers=N_LAYERS, max_len=MAX_LEN)
     args.update(kwargs)

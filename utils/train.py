@@ -144,18 +144,13 @@ def _check_bool(name: str, value: Any) -> None:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA if available, else CPU; an explicit device is checked."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"device={device!r} is not a torch device; use None, 'auto', 'cpu', 'cuda' or 'cuda:N'"
-        ) from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available here")
-    return resolved
+    """``None``/``"auto"`` -> CUDA, else Apple MPS, else CPU; an explicit device is checked.
+
+    The same rule as the notebooks use (:func:`utils.nb.pick_device`).
+    """
+    from utils.nb import pick_device
+
+    return pick_device("auto" if device is None else device)
 
 
 def _cuda_has_native_bf16() -> bool:

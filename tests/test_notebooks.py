@@ -18,11 +18,15 @@ NOTEBOOKS = [p for p in NOTEBOOKS if not p.name.endswith(".failed.ipynb")]
 # helper package without reinstalling torch; elsewhere it does nothing.
 SETUP_CELL = """\
 # Colab / fresh machine: install the book's helper package (never reinstalls the torch you have).
-import importlib.util, subprocess, sys
+import importlib.util
+import subprocess
+import sys
+
 if importlib.util.find_spec("utils") is None or importlib.util.find_spec("utils.nb") is None:
     repo = "https://github.com/llm-training-book/llm-training-book"
     subprocess.run(["git", "clone", "--depth", "1", repo, "llm-training-book"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "llm-training-book"], check=True)
+    pip_install = [sys.executable, "-m", "pip", "install", "-q", "-e", "llm-training-book"]
+    subprocess.run(pip_install, check=True)
     sys.path.insert(0, "llm-training-book")  # the editable install is only seen after a restart"""
 
 

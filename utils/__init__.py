@@ -5,12 +5,16 @@ notebooks and tools can load the parts they need:
 
 - :mod:`utils.nb` — notebook conventions: profiles, parameter checks, seeding, device, report.
 - :mod:`utils.plotting` — the plotly renderer used by every chapter (static-site friendly).
-- :mod:`utils.data` — datasets: local directory, checksummed download, generated fallback.
+- :mod:`utils.data` — datasets: local directory, checksummed download, generated fallback
+  (:mod:`utils.corpus` generates the fallback).
 - :mod:`utils.attention`, :mod:`utils.models` — attention and the book's models.
 - :mod:`utils.text` — tokenizers, vocabularies and batching (the torchtext-era pipeline).
 - :mod:`utils.train`, :mod:`utils.optim` — the training loop, schedules, teaching optimizers.
 - :mod:`utils.pretrained` — offline loading of small pretrained models.
 - :mod:`utils.viz` — attention heatmaps, the explorer widget, bertviz without a CDN.
+- :mod:`utils.ngram` — count-based n-gram language models (MLE, add-k, Kneser–Ney).
+- :mod:`utils.compute` — training compute (6·N·D), published model sizes, the cost calculator.
+- :mod:`utils.provenance` — what produced a notebook's stored outputs (used by the executor).
 """
 
 __version__ = "0.1.0"

@@ -31,6 +31,8 @@ def test_renderer_is_registered_as_default():
     assert list(bundle) == ["text/html"]
 
 
-def test_show_outputs_only_html(capsys):
-    out = plotting._HtmlOutput("<b>x</b>")._repr_mimebundle_()
-    assert out == {"text/html": "<b>x</b>"}
+def test_show_outputs_html_and_a_stable_text_line():
+    from IPython.core.formatters import DisplayFormatter
+
+    bundle, _ = DisplayFormatter().format(plotting._HtmlOutput("<b>x</b>", text="[fig]"))
+    assert bundle == {"text/html": "<b>x</b>", "text/plain": "[fig]"}

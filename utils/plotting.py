@@ -78,20 +78,28 @@ def use_book_renderer() -> None:
 
 
 class _HtmlOutput:
-    """Displays as ``text/html`` only (no text/plain fallback that would change between runs)."""
+    """Displays as ``text/html``, with a stable ``text/plain`` line.
 
-    def __init__(self, html: str):
+    Without one, IPython adds ``<_HtmlOutput at 0x...>``, which changes on every run.
+    """
+
+    def __init__(self, html: str, text: str = "[plotly figure]"):
         self.html = html
+        self.text = text
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        return {"text/html": self.html}
+        return {"text/html": self.html, "text/plain": self.text}
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def show(fig: go.Figure, height: int | None = None) -> None:
     """Display ``fig`` in a notebook as static-site-friendly HTML (see the module docstring)."""
     from IPython.display import display
 
-    display(_HtmlOutput(figure_html(fig, height=height)))
+    title = fig.layout.title.text or "untitled"
+    display(_HtmlOutput(figure_html(fig, height=height), text=f"[plotly figure: {title}]"))
 
 
 use_book_renderer()

@@ -131,3 +131,50 @@ def test_imdb_tarball_conversion_round_trip(tmp_path):
     assert splits["test"] == [(0, "Meh")]
     with gzip.open(out, "rt") as f:
         assert f.readline().strip() == "split,label,id,rating,text"
+
+
+@pytest.fixture
+def local_upstream(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/'served', standing in for upstream."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(served))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_verifies_caches_and_rejects_bad_files(
+    isolated_data_env, monkeypatch, local_upstream
+):
+    served, url = local_upstream
+    monkeypatch.delenv(data.OFFLINE_ENV)
+    good = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
+    (served / "input.txt").write_bytes(good)
+    spec = _fake_spec(isolated_data_env, good, "tinyshakespeare/input.txt")
+    monkeypatch.setitem(
+        data.FILES,
+        spec.relpath,
+        data.DataFile(spec.relpath, spec.sha256, spec.size, (f"{url}/input.txt",)),
+    )
+    ds = data.load_tiny_shakespeare()
+    assert (ds.source, ds["text"]) == ("download", good.decode())
+    assert data.load_tiny_shakespeare().source == "cache"  # second call: no download
+
+    # upstream now serves something else: the download is rejected and not kept in the cache
+    (data.cache_dir() / "data" / spec.relpath).unlink()
+    (served / "input.txt").write_bytes(b"a different file")
+    with pytest.raises(data.ChecksumError, match=spec.sha256):
+        data.load_tiny_shakespeare()
+    assert not (data.cache_dir() / "data" / spec.relpath).exists()

@@ -231,7 +231,10 @@ def _try_download(spec: DataFile, dest: Path) -> bool:
     if _offline_forced():
         return False
     for url in spec.urls:
-        if not host_reachable(urlparse(url).hostname):
+        parts = urlparse(url)
+        if not host_reachable(
+            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        ):
             continue
         try:
             download(url, dest)
@@ -384,8 +387,7 @@ def _imdb_from_upstream() -> Path | None:
     built = cache_dir() / "data" / "imdb" / "imdb_built.csv.gz"
     if built.exists():
         return built
-    host = urlparse(IMDB_TARBALL_URL).hostname
-    if _offline_forced() or not host_reachable(host):
+    if _offline_forced() or not host_reachable(urlparse(IMDB_TARBALL_URL).hostname, 443):
         return None
     tar_path = cache_dir() / "data" / "imdb" / "aclImdb_v1.tar.gz"
     if not tar_path.exists():

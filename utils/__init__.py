@@ -11,6 +11,7 @@ notebooks and tools can load the parts they need:
 - :mod:`utils.text` — tokenizers, vocabularies and batching (the torchtext-era pipeline).
 - :mod:`utils.train`, :mod:`utils.optim` — the training loop, schedules, teaching optimizers.
 - :mod:`utils.pretrained` — offline loading of small pretrained models.
+- :mod:`utils.network` — one fast, bounded "is the network there?" check (data and models).
 - :mod:`utils.viz` — attention heatmaps, the explorer widget, bertviz without a CDN.
 - :mod:`utils.ngram` — count-based n-gram language models (MLE, add-k, Kneser–Ney).
 - :mod:`utils.compute` — training compute (6·N·D), published model sizes, the cost calculator.

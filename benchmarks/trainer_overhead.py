@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +42,9 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without installing it
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
 
 from utils import optim, train  # noqa: E402
 from utils.models import TransformerLM  # noqa: E402
@@ -207,53 +207,6 @@ def measure(config_name: str, args, device: torch.device) -> dict:
         }
         result[f"tokens_per_s_{clock}_segments"] = rates[clock]
     return result
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "environment": {  # variables that change how fast the same code runs
-            name: value
-            for name, value in sorted(os.environ.items())
-            if name.startswith(("MALLOC_", "OMP_", "MKL_", "KMP_", "LD_PRELOAD", "CUDA_"))
-        },
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        info["git_commit"] = commit.stdout.strip() or None
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--", "utils", "benchmarks"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
-        info["uncommitted_changes_in_utils_or_benchmarks"] = bool(status.stdout.strip())
-    except OSError:
-        info["git_commit"] = None
-    return info
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,8 +16,6 @@ versions, settings and results goes to ``results/lm_recipes_<device>.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without installing it
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, write_report  # noqa: E402  (benchmarks/machine.py)
 
 from utils import data  # noqa: E402
 from utils import lm_recipes as R  # noqa: E402
@@ -134,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     ratio = results["book"]["valid_perplexity"] / results["seed"]["valid_perplexity"]
     verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
     print(f"book_over_seed_valid_ppl = {ratio:.3f} ({verdict} the target <= {TARGET_RATIO})")
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_end"] = list(os.getloadavg())
     report = {
         "what": "valid perplexity of the seed tutorial's vs the book's recipe, same budget",
         "command": " ".join(["python", "benchmarks/lm_recipes.py", *(argv or sys.argv[1:])]),
@@ -160,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_ratio": TARGET_RATIO,
     }
     default = REPO / "results" / f"lm_recipes_{device.type}{'_tiny' if args.tiny else ''}.json"
-    out = Path(args.out) if args.out else default
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, Path(args.out) if args.out else default)
     return 0
 
 

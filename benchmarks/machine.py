@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -59,3 +60,13 @@ def machine_info(device: torch.device) -> dict:
     except OSError:
         info["git_commit"] = None
     return info
+
+
+def write_report(report: dict, path: Path) -> Path:
+    """Add the load average at the end to ``report["machine"]``, write it as JSON to ``path``."""
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

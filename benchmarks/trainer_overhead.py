@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without installing it
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from machine import machine_info  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, write_report  # noqa: E402  (benchmarks/machine.py)
 
 from utils import optim, train  # noqa: E402
 from utils.models import TransformerLM  # noqa: E402
@@ -264,8 +263,6 @@ def main(argv: list[str] | None = None) -> int:
         if ratio is not None:
             verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
             print(f"[{config_name}] Trainer / bare = {ratio:.3f} ({verdict} the {TARGET_RATIO})")
-    if hasattr(os, "getloadavg"):  # other programs competing for the CPU during the run
-        info["load_average_at_end"] = list(os.getloadavg())
     report = {
         "what": "tokens/s of utils.train.Trainer vs a bare loop: same model, optimizer, data",
         "command": " ".join(["python", "benchmarks/trainer_overhead.py", *(argv or sys.argv[1:])]),
@@ -275,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     out = Path(args.out) if args.out else REPO / "results" / f"trainer_overhead_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report, out)  # adds the load average at the end: other programs competing
     return 0
 
 

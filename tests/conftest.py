@@ -31,3 +31,33 @@ def isolated_data_env(monkeypatch, tmp_path):
     monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(data.OFFLINE_ENV, "1")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """all-MiniLM-L6-v2's WordPiece tokenizer, from the offline package (no network, no model)."""
+    from transformers import AutoTokenizer
+
+    from utils.pretrained import minilm_path
+
+    return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_config(minilm_tokenizer):
+    """``make(**overrides)`` -> a 1-layer, width-16 ``BertConfig`` with MiniLM's vocabulary, for
+    fast tests of code around BERT-style models (random weights, nothing downloaded)."""
+    from transformers import BertConfig
+
+    def make(**overrides):
+        settings = dict(
+            vocab_size=minilm_tokenizer.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+        return BertConfig(**{**settings, **overrides})
+
+    return make

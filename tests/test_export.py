@@ -56,23 +56,12 @@ def test_cut_head_tail():
     assert export.cut_head_tail(range(4), 3, 2) == [0, 1, 2, 3]
 
 
-def test_hf_export_round_trip_matches_the_model(tmp_path):
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+def test_hf_export_round_trip_matches_the_model(tmp_path, minilm_tokenizer, tiny_bert_config):
+    from transformers import BertForSequenceClassification
 
-    from utils.pretrained import minilm_path
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    tokenizer = minilm_tokenizer
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    model = BertForSequenceClassification(config).eval()
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).eval()
     folder = export.export_hf_classifier(
         tmp_path / "hf", model, tokenizer, max_length=12, head_tokens=4, info={"n": 1}
     )

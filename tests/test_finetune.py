@@ -11,33 +11,23 @@ import torch.nn.functional as F
 
 from utils import finetune, network
 from utils.nb import ParameterError
-from utils.pretrained import MINILM_NAME, minilm_path
+from utils.pretrained import MINILM_NAME
 from utils.train import TrainConfig, Trainer
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(minilm_path())
+@pytest.fixture
+def tokenizer(minilm_tokenizer):
+    return minilm_tokenizer
 
 
 @pytest.fixture
-def tiny_bert(tokenizer):
+def tiny_bert(tiny_bert_config):
     """A 1-layer, width-16 BERT classifier with MiniLM's vocabulary (random weights)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+    config = tiny_bert_config(
+        num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
     )
     return BertForSequenceClassification(config)
 

@@ -41,21 +41,9 @@ def test_best_span_never_ends_before_it_starts():
         hub_tasks.best_span(start, end, torch.ones(3, dtype=torch.bool), 0)
 
 
-@pytest.fixture(scope="module")
-def minilm_tokenizer():
-    return pretrained.load_minilm(output_attentions=False)[1]
-
-
-def test_extractive_answer_is_a_piece_of_the_passage(minilm_tokenizer):
-    config = transformers.BertConfig(
-        vocab_size=minilm_tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
+def test_extractive_answer_is_a_piece_of_the_passage(minilm_tokenizer, tiny_bert_config):
     torch.manual_seed(0)
-    model = transformers.BertForQuestionAnswering(config).eval()
+    model = transformers.BertForQuestionAnswering(tiny_bert_config()).eval()
     passage = "The Eiffel Tower was finished in 1889 for the World's Fair in Paris."
     answer, score, truncated = hub_tasks.extractive_answer(
         model, minilm_tokenizer, "When was it finished?", passage, max_answer_tokens=4

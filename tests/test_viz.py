@@ -67,23 +67,14 @@ def tiny_model():
 
 
 @pytest.fixture(scope="module")
-def tiny_bert():
+def tiny_bert(minilm_tokenizer, tiny_bert_config):
     """A randomly initialised 2-layer, 2-head BERT with MiniLM's tokenizer (no download)."""
     transformers = pytest.importorskip("transformers")
-    from utils.pretrained import minilm_path
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=10,
-        attn_implementation="eager",
+    config = tiny_bert_config(
+        num_hidden_layers=2, max_position_embeddings=10, attn_implementation="eager"
     )
     torch.manual_seed(0)
-    return transformers.BertModel(config).eval(), tokenizer
+    return transformers.BertModel(config).eval(), minilm_tokenizer
 
 
 def random_attention(*shape, seed=0):

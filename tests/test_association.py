@@ -66,19 +66,15 @@ def test_exact_p_value_matches_enumeration():
     assert exact and p == pytest.approx(count / total)
 
 
-def test_strong_separation_gives_the_smallest_p_and_sampling_agrees():
+def test_strong_separation_gives_the_smallest_p_and_sampling_agrees(monkeypatch):
     X, Y, A, B = _sets(n=5, shift=6.0)
     p, exact = permutation_p_value(X, Y, A, B)
     assert exact and p == pytest.approx(1 / math.comb(10, 5))
     import utils.association as assoc
 
-    old = assoc.MAX_EXACT_PARTITIONS
-    assoc.MAX_EXACT_PARTITIONS = 10  # force sampling
-    try:
-        g = torch.Generator().manual_seed(0)
-        p_sampled, exact = permutation_p_value(X, Y, A, B, n_samples=2000, generator=g)
-    finally:
-        assoc.MAX_EXACT_PARTITIONS = old
+    monkeypatch.setattr(assoc, "MAX_EXACT_PARTITIONS", 10)  # force sampling
+    g = torch.Generator().manual_seed(0)
+    p_sampled, exact = permutation_p_value(X, Y, A, B, n_samples=2000, generator=g)
     assert not exact and 0 < p_sampled < 0.02
 
 

@@ -196,12 +196,13 @@ def test_context_length():
         decoding.context_length(NoContext())
 
 
-def test_chat_prompt_ids_follows_the_template():
-    tokenizer = pytest.importorskip("utils.pretrained").load_minilm(output_attentions=False)[1]
-    tokenizer.chat_template = (
+def test_chat_prompt_ids_follows_the_template(minilm_tokenizer, monkeypatch):
+    tokenizer = minilm_tokenizer  # shared: the template is set for this test only
+    template = (
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}<assistant>{% endif %}"
     )
+    monkeypatch.setattr(tokenizer, "chat_template", template, raising=False)
     messages = [{"role": "user", "content": "hello there"}]
     ids, note = decoding.chat_prompt_ids(tokenizer, messages)
     assert note is None

@@ -122,6 +122,7 @@ def test_power_law_fit_rejects_text():
 # ---------------------------------------------------------------------------- joint law
 
 TRUE = dict(E=1.0, A=40.0, alpha=0.34, B=60.0, beta=0.28)
+TRUE_FIT = JointLawFit(**TRUE, rms_log_residual=0.0, n_points=10)  # frozen: safe to share
 NS = np.array([2.5e4, 5.7e4, 1.5e5, 3.4e5, 7.9e5, 1.8e6, 3.4e5, 3.4e5, 3.4e5, 3.4e5])
 DS = np.array([1.5e6] * 6 + [1.9e5, 3.75e5, 7.5e5, 3e6])
 
@@ -143,7 +144,7 @@ def test_joint_fit_needs_both_axes_to_vary():
 def test_compute_optimal_matches_a_numerical_minimum():
     from scipy.optimize import minimize_scalar
 
-    fit = JointLawFit(**TRUE, rms_log_residual=0.0, n_points=10)
+    fit = TRUE_FIT
     flops = 3e18
     n_opt, d_opt = compute_optimal(flops, fit)
     assert 6 * n_opt * d_opt == pytest.approx(flops, rel=1e-12)
@@ -201,7 +202,7 @@ def test_good_budgets_are_accepted_as_numbers_or_text():
 
 
 def test_budget_report_and_extrapolation_warning():
-    fit = JointLawFit(**TRUE, rms_log_residual=0.0, n_points=10)
+    fit = TRUE_FIT
     inside = budget_report(1e13, fit, measured_flops=(1e12, 1e14))
     assert "tokens per parameter" in inside and "warning" not in inside
     assert "warning" in budget_report(1e18, fit, measured_flops=(1e12, 1e14))
@@ -209,7 +210,7 @@ def test_budget_report_and_extrapolation_warning():
 
 def test_budget_calculator_widget_updates_and_reports_bad_input():
     pytest.importorskip("ipywidgets")
-    fit = JointLawFit(**TRUE, rms_log_residual=0.0, n_points=10)
+    fit = TRUE_FIT
     box = budget_calculator(fit, measured_flops=(1e12, 1e14), flops="1e13")
     assert "tokens per parameter" in box.result.value
     for bad in ("-5", "nan", "1e99", "hello", ""):

@@ -24,6 +24,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (a no-op on the CPU), so a timer sees them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def machine_info(device: torch.device) -> dict:
     """Date, CPU, threads, versions, device, load, speed-relevant environment, git commit."""
     info = {

@@ -47,9 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without installing it
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from machine import machine_info, write_report  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, synchronize, write_report  # noqa: E402  (benchmarks/machine.py)
 
 from utils import optim, train  # noqa: E402
+from utils.benchmark import interleaved_times  # noqa: E402
 from utils.models import count_parameters, flops_breakdown  # noqa: E402
 from utils.scaling import LADDER, ModelShape, ladder_model  # noqa: E402
 
@@ -73,25 +74,15 @@ DEFAULTS = {
 # --------------------------------------------------------------------------- measurements
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_peak(n: int, reps: int, dtype: torch.dtype, device: torch.device) -> list[float]:
     """FLOP/s of ``reps`` products of two n x n matrices (2·n³ FLOPs each), after one warm-up."""
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     out = torch.empty(n, n, dtype=dtype, device=device)
-    torch.mm(a, b, out=out)
-    rates = []
-    for _ in range(reps):
-        synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        synchronize(device)
-        rates.append(2.0 * n**3 / (time.perf_counter() - start))
-    return rates
+    seconds = interleaved_times(
+        {"mm": lambda: torch.mm(a, b, out=out)}, repeats=reps, warmup=1, device=device
+    )["mm"]
+    return [2.0 * n**3 / s for s in seconds]
 
 
 def model_flops(model, shape: ModelShape, args) -> dict[str, float]:

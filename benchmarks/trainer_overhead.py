@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without installing it
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from machine import machine_info, write_report  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_info, synchronize, write_report  # noqa: E402  (benchmarks/machine.py)
 
 from utils import optim, train  # noqa: E402
 from utils.models import TransformerLM  # noqa: E402
@@ -148,11 +148,6 @@ class TrainerLoop:
     def run(self, n_steps: int, batch_at) -> None:
         self.trainer.config.max_steps = self.trainer.step + n_steps
         self.trainer.fit(batch_at)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(config_name: str, args, device: torch.device) -> dict:

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from utils.finetune import cut_head_tail  # the cut 5.4 trains with; 5.1 uses it too
+
 __all__ = [
     "ExportedClassifier",
     "clean_review",
@@ -49,14 +51,6 @@ def export_dir(notebook: str, profile: str, root: str | Path = "checkpoints") ->
 def clean_review(review: str) -> str:
     """IMDb's HTML line breaks and runs of white space become single spaces."""
     return " ".join(review.replace("<br />", " ").split())
-
-
-def cut_head_tail(ids: Sequence[int], head: int, tail: int) -> list[int]:
-    """The first ``head`` and last ``tail`` of ``ids`` when it is longer than ``head + tail``."""
-    ids = list(ids)
-    if len(ids) <= head + tail:
-        return ids
-    return ids[:head] + (ids[len(ids) - tail :] if tail else [])
 
 
 def _write_atomically(folder: Path, write) -> Path:
@@ -165,15 +159,14 @@ def export_hf_classifier(
 @dataclass
 class ExportedClassifier:
     """A classifier read back by :func:`load_classifier`: ``kind`` is ``"word"`` or ``"hf"``,
-    ``info`` what the exporting notebook recorded, ``model`` the module (eval mode)."""
+    ``info`` what the exporting notebook recorded, ``model`` the module (eval mode),
+    ``clean_html`` whether texts go through :func:`clean_review` first (as in training)."""
 
     kind: str
     model: Any
     info: dict[str, Any]
     clean_html: bool
-    _encode: Any
-    _pad_id: int
-    _forward: Any
+    _logits: Any  # list of B texts -> logits [B, C]: the model's own tokenizer, cut and padding
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
@@ -185,12 +178,8 @@ class ExportedClassifier:
         out = []
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            ids = self._encode([clean_review(t) for t in chunk] if self.clean_html else chunk)
-            longest = max(len(x) for x in ids)
-            batch = torch.full((len(ids), longest), self._pad_id, dtype=torch.long)
-            for row, x in enumerate(ids):
-                batch[row, : len(x)] = torch.as_tensor(x, dtype=torch.long)
-            out.append(torch.softmax(self._forward(batch).float(), dim=-1).cpu())
+            logits = self._logits([clean_review(t) for t in chunk] if self.clean_html else chunk)
+            out.append(torch.softmax(logits.float(), dim=-1).cpu())
         if not out:
             return torch.empty(0, 2)
         return torch.cat(out)
@@ -229,38 +218,30 @@ def _load_word(folder: Path, meta: dict[str, Any], device: torch.device) -> Expo
     model = TransformerClassifier(len(itos), **meta["model_kwargs"])
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     model.to(device).eval()
-    index = {token: i for i, token in enumerate(itos)}
-    unk = index[meta["unk_token"]]
+    vocab = text.Vocab(itos, default_index=itos.index(meta["unk_token"]))
+    unk = vocab.get_default_index()
     tokenize = text.get_tokenizer(meta["tokenizer"])
     head, tail = meta["head_tokens"], meta["tail_tokens"]
 
-    def encode(texts: Sequence[str]) -> list[list[int]]:
-        ids = [[index.get(token, unk) for token in tokenize(t)] for t in texts]
-        return [cut_head_tail(x, head, tail) or [unk] for x in ids]
+    def logits(texts: list[str]) -> torch.Tensor:
+        ids = [cut_head_tail(vocab(tokenize(t)), head, tail) or [unk] for t in texts]
+        return model(text.pad_collate(ids, pad_idx=model.pad_idx)[0].to(device))
 
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        return model(batch.to(device))
-
-    pad = model.pad_idx
-    return ExportedClassifier("word", model, meta["info"], meta["clean_html"], encode, pad, forward)
+    return ExportedClassifier("word", model, meta["info"], meta["clean_html"], logits)
 
 
 def _load_hf(folder: Path, meta: dict[str, Any], device: torch.device) -> ExportedClassifier:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from utils.finetune import encode_head_tail
+    from utils.batches import move_to_device
+    from utils.finetune import encode_head_tail, pad_batch
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
     model.to(device).eval()
 
-    def encode(texts: Sequence[str]) -> list[list[int]]:
-        return encode_head_tail(tokenizer, texts, meta["max_length"], meta["head_tokens"])[0]
+    def logits(texts: list[str]) -> torch.Tensor:
+        ids = encode_head_tail(tokenizer, texts, meta["max_length"], meta["head_tokens"])[0]
+        return model(**move_to_device(pad_batch(tokenizer, ids), device)).logits
 
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        mask = (batch != tokenizer.pad_token_id).long()
-        # a real token can never be the pad id in BERT's vocabulary, so the mask is exact
-        return model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits
-
-    pad = tokenizer.pad_token_id
-    return ExportedClassifier("hf", model, meta["info"], meta["clean_html"], encode, pad, forward)
+    return ExportedClassifier("hf", model, meta["info"], meta["clean_html"], logits)

@@ -41,6 +41,7 @@ __all__ = [
     "OfflineError",
     "check_model_name",
     "classification_batches",
+    "cut_head_tail",
     "encode_head_tail",
     "hf_classification_loss",
     "load_sequence_classifier",
@@ -210,10 +211,18 @@ def encode_head_tail(
         end = len(full) - _run_length(special[::-1]) if start < len(full) else start
         pieces = full[start:end]
         if len(pieces) > budget:
-            pieces = pieces[:head] + (pieces[len(pieces) - tail :] if tail else [])
+            pieces = cut_head_tail(pieces, head, tail)
         ids.append(full[:start] + pieces + full[end:])
         n_pieces.append(end - start)
     return ids, n_pieces
+
+
+def cut_head_tail(ids: Sequence[int], head: int, tail: int) -> list[int]:
+    """The first ``head`` and last ``tail`` of ``ids`` when it is longer than ``head + tail``."""
+    ids = list(ids)
+    if len(ids) <= head + tail:
+        return ids
+    return ids[:head] + (ids[len(ids) - tail :] if tail else [])
 
 
 def _run_length(flags: Sequence[int]) -> int:
@@ -301,24 +310,35 @@ def hf_classification_loss(
 
 
 @torch.no_grad()
-def predict_probs(model: Any, batches: Iterable[Any], device: Any = None) -> torch.Tensor:
-    """Class probabilities ``[N, C]`` (on the CPU) for batches from :func:`classification_batches`,
-    in the examples' original order; the model runs in eval mode, its mode is restored after."""
-    device = device if device is not None else next(model.parameters()).device
-    was_training, probs = model.training, {}
-    model.eval()
+def _per_row(
+    module: Any, batches: Iterable[Any], device: Any, caller: str, compute
+) -> torch.Tensor:
+    """``compute(module, inputs) -> [B, ...]`` over batches ``(inputs, labels, rows)``, stacked in
+    the examples' original order (CPU, float32); eval mode during the loop, the mode restored."""
+    device = device if device is not None else next(module.parameters()).device
+    was_training, done = module.training, {}
+    module.eval()
     try:
         for batch in batches:
             if len(batch) != 3:
-                raise TypeError("predict_probs needs batches (inputs, labels, rows)")
-            inputs, _ = _unpack(batch)
-            logits = model(**move_to_device(inputs, device)).logits
-            probs.update(zip(batch[2], torch.softmax(logits.float(), dim=-1).cpu(), strict=True))
+                raise TypeError(f"{caller} needs batches (inputs, labels, rows)")
+            out = compute(module, move_to_device(_unpack(batch)[0], device))
+            done.update(zip(batch[2], out.float().cpu(), strict=True))
     finally:
-        model.train(was_training)
-    if sorted(probs) != list(range(len(probs))):
+        module.train(was_training)
+    if sorted(done) != list(range(len(done))):
         raise ValueError("the batches' rows are not 0..N-1 each exactly once")
-    return torch.stack([probs[i] for i in range(len(probs))])
+    return torch.stack([done[i] for i in range(len(done))])
+
+
+def predict_probs(model: Any, batches: Iterable[Any], device: Any = None) -> torch.Tensor:
+    """Class probabilities ``[N, C]`` (on the CPU) for batches from :func:`classification_batches`,
+    in the examples' original order; the model runs in eval mode, its mode is restored after."""
+
+    def probs(m, inputs):
+        return torch.softmax(m(**inputs).logits.float(), dim=-1)
+
+    return _per_row(model, batches, device, "predict_probs", probs)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -335,7 +355,6 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
-@torch.no_grad()
 def sentence_embeddings(
     encoder: Any, batches: Iterable[Any], normalize: bool = True, device: Any = None
 ) -> torch.Tensor:
@@ -346,20 +365,9 @@ def sentence_embeddings(
     ``normalize`` each vector is scaled to unit length, as sentence-transformers does for
     all-MiniLM-L6-v2.
     """
-    device = device if device is not None else next(encoder.parameters()).device
-    was_training, rows_done = encoder.training, {}
-    encoder.eval()
-    try:
-        for batch in batches:
-            if len(batch) != 3:
-                raise TypeError("sentence_embeddings needs batches (inputs, labels, rows)")
-            inputs = move_to_device(_unpack(batch)[0], device)
-            pooled = mean_pool(encoder(**inputs).last_hidden_state, inputs["attention_mask"])
-            if normalize:
-                pooled = F.normalize(pooled.float(), dim=-1)
-            rows_done.update(zip(batch[2], pooled.float().cpu(), strict=True))
-    finally:
-        encoder.train(was_training)
-    if sorted(rows_done) != list(range(len(rows_done))):
-        raise ValueError("the batches' rows are not 0..N-1 each exactly once")
-    return torch.stack([rows_done[i] for i in range(len(rows_done))])
+
+    def pooled(m, inputs):
+        vectors = mean_pool(m(**inputs).last_hidden_state, inputs["attention_mask"]).float()
+        return F.normalize(vectors, dim=-1) if normalize else vectors
+
+    return _per_row(encoder, batches, device, "sentence_embeddings", pooled)

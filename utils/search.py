@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from utils.checks import check_min_int
+
 __all__ = ["EmptyQueryError", "SearchHit", "SemanticIndex", "embed_texts", "kmeans", "mean_pool"]
 
 
@@ -68,9 +70,8 @@ def embed_texts(
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
-    for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_min_int("batch_size", batch_size)
+    check_min_int("max_length", max_length)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -145,8 +146,7 @@ class SemanticIndex:
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         if not query.strip():
             raise EmptyQueryError("The query is empty: type a few words to search for.")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        check_min_int("k", k)
         q = F.normalize(self.embed([query]).float(), dim=-1)[0]  # (d,)
         scores = self.embeddings @ q  # (N,) cosine similarities
         top = torch.topk(scores, min(k, len(self.texts)))
@@ -170,8 +170,7 @@ def kmeans(
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor of shape (N, d)")
     for name, value, low in (("k", k, 1), ("iterations", iterations, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_min_int(name, value, low)
     if k > x.shape[0]:
         raise ValueError(f"k={k} clusters need at least {k} points, got {x.shape[0]}")
     generator = torch.Generator().manual_seed(seed)

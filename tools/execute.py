@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from utils import provenance
 from utils.nb import PROFILE_ENV, PROFILES
+from utils.plotting import SOURCE_ENV as PLOTLY_SOURCE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile != "book":
         print(f"note: committed notebooks must carry 'book' outputs; running '{args.profile}'")
 
+    # Committed outputs are for the built site, which serves plotly.js itself.
+    os.environ[PLOTLY_SOURCE_ENV] = "site"
     failures = []
     for path in tqdm(paths, desc="notebooks", unit="nb"):
         tqdm.write(f"executing {path.name} under profile {args.profile}")

@@ -54,6 +54,15 @@ nbval: venv
 	LLMBOOK_PROFILE=smoke LLMBOOK_PLOTLY=site $(BIN)/pytest --nbval notebooks -q -p no:cacheprovider \
 		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600
 
+# nbval again on another CPU's arithmetic: compared outputs must be the maths, not this machine's
+# rounding. Once with the portable kernels of ATen and OpenBLAS (no AVX), once on one thread
+# (OMP_NUM_THREADS for torch and OpenBLAS, LLMBOOK_THREADS for the chapters that set their own
+# count). About 6 minutes each on a 2-core CPU.
+.PHONY: nbval-other-cpu
+nbval-other-cpu: venv
+	ATEN_CPU_CAPABILITY=default OPENBLAS_CORETYPE=Prescott $(MAKE) --no-print-directory nbval
+	OMP_NUM_THREADS=1 LLMBOOK_THREADS=1 $(MAKE) --no-print-directory nbval
+
 offline: site
 	$(BIN)/python tools/check_offline.py _build/html
 

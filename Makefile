@@ -66,6 +66,16 @@ nbval-other-cpu: venv
 offline: site
 	$(BIN)/python tools/check_offline.py _build/html
 
+# The chapters in a real JupyterLab, in headless Chromium (smoke profile): plotly figures drawn,
+# widgets answering, no error output or console error, nothing fetched from another host
+# (tools/live_check.py; LIVE="01 05e" for some chapters). Installs Debian's chromium when it is
+# missing and make runs as root; otherwise the check says how to install it.
+.PHONY: live
+live: venv
+	@test -x /usr/bin/chromium || test "$$(id -u)" != 0 || \
+		(apt-get update -q && apt-get install -y -q chromium)
+	$(BIN)/python tools/live_check.py $(LIVE)
+
 test: lint unit slow nbval offline
 	@echo "make test: all checks passed"
 

@@ -49,6 +49,15 @@ unit: venv
 slow: venv
 	$(BIN)/pytest tests -q -p no:cacheprovider -m slow
 
+# The prepared GPU check (tools/gpu_check.py) in its CPU mode: every check at tiny sizes, in fp32
+# and on the fp16 path (autocast + GradScaler on the CPU), run from a freshly prepared bundle
+# (.gpu_check/, git-ignored) so that it uses only what a GPU run carries. Report:
+# .gpu_check/gpu_check_cpu.json. About 20 s on a 2-core CPU.
+.PHONY: gpu-check-cpu
+gpu-check-cpu: venv
+	$(BIN)/python tools/gpu_check.py --prepare .gpu_check
+	$(BIN)/python .gpu_check/gpu_check.py --device cpu --out .gpu_check/
+
 # Re-executes every chapter under the smoke profile and compares the outputs of compared cells.
 nbval: venv
 	LLMBOOK_PROFILE=smoke LLMBOOK_PLOTLY=site $(BIN)/pytest --nbval notebooks -q -p no:cacheprovider \
@@ -62,6 +71,13 @@ nbval: venv
 nbval-other-cpu: venv
 	ATEN_CPU_CAPABILITY=default OPENBLAS_CORETYPE=Prescott $(MAKE) --no-print-directory nbval
 	OMP_NUM_THREADS=1 LLMBOOK_THREADS=1 $(MAKE) --no-print-directory nbval
+
+# The gpu profile checked on the CPU: every chapter's configuration and data checks, up to its
+# nb.dry_run_stop(), and its estimated peak memory and time on a T4 and an H100 (a table, and
+# _build/gpu_dry_run.json). Fails when a check fails or an estimate exceeds a 16 GB T4 / 20 min.
+.PHONY: gpu-dry-run
+gpu-dry-run: venv
+	$(BIN)/python tools/gpu_dry_run.py
 
 offline: site
 	$(BIN)/python tools/check_offline.py _build/html
@@ -86,6 +102,13 @@ execute: venv
 # Only the chapters whose code, or a utils/ module they import, changed since their last run.
 execute-stale: venv
 	$(BIN)/python tools/execute.py --stale
+
+# Colab-like run at the version floors (tools/compat.py): a fresh environment with the
+# "preinstalled" torch 2.13.0 and every other package at the oldest version pyproject.toml allows,
+# the notebooks' setup cell itself, then every chapter under smoke. Writes _build/compat/report.json.
+.PHONY: compat
+compat:
+	$(PYTHON) tools/compat.py
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache

@@ -24,7 +24,15 @@ def _stream(n=400, seed=0):
     return torch.multinomial(weights, n, replacement=True, generator=g)
 
 
-def test_tied_adaptive_softmax_equals_pytorch_adaptive_softmax():
+def _take_the_accelerator_path(monkeypatch):
+    """What the adaptive softmax does on a GPU (no cluster's rows picked), here on the CPU."""
+    monkeypatch.setattr(R, "reading_is_free", lambda tensor: False)
+
+
+@pytest.mark.parametrize("path", ["cpu", "accelerator"])
+def test_tied_adaptive_softmax_equals_pytorch_adaptive_softmax(monkeypatch, path):
+    if path == "accelerator":
+        _take_the_accelerator_path(monkeypatch)
     torch.manual_seed(0)
     ours = R.TiedAdaptiveSoftmax(D, V, CUTOFFS)
     embedding = torch.randn(V, D)
@@ -48,6 +56,27 @@ def test_adaptive_distribution_sums_to_one_and_gathers():
     assert_close(full.exp().sum(-1), torch.ones(20))
     targets = torch.arange(20) * 2  # head and both tail clusters
     assert_close(softmax.target_log_probs(h, targets, embedding), full[torch.arange(20), targets])
+
+
+@pytest.mark.parametrize("targets_below", [V, CUTOFFS[1]])  # all clusters; the last one empty
+def test_both_paths_give_the_same_log_probs_and_gradients(monkeypatch, targets_below):
+    """The accelerator path scores every row of every cluster and keeps each row's own value
+    (torch.where); the CPU path scores only a cluster's rows. Same values up to rounding, and
+    the same gradients (the discarded values get none)."""
+    torch.manual_seed(2)
+    softmax = R.TiedAdaptiveSoftmax(D, V, CUTOFFS)
+    embedding = torch.randn(V, D, requires_grad=True)
+    h = torch.randn(64, D, requires_grad=True)
+    targets = torch.randint(0, targets_below, (64,))
+
+    def log_probs_and_grads():
+        out = softmax.target_log_probs(h, targets, embedding)
+        weights = (h, embedding, softmax.cluster_scores.weight)
+        return out, torch.autograd.grad((out * torch.linspace(1, 2, 64)).sum(), weights)
+
+    on_cpu = log_probs_and_grads()
+    _take_the_accelerator_path(monkeypatch)
+    assert_close(log_probs_and_grads(), on_cpu)
 
 
 @pytest.mark.parametrize("cutoffs", [[], [0, 10], [10, 10], [30, 10], [10, V]])

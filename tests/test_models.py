@@ -9,6 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.testing import assert_close
 from torch.utils.flop_counter import FlopCounterMode
 
+from utils import models
 from utils.models import (
     LSTMLM,
     TransformerClassifier,
@@ -263,6 +264,28 @@ def test_classifier_all_padding_row():
         tiny_classifier("mean")(idx)
     logits = tiny_classifier("cls")(idx)  # defined: CLS attends to itself only
     assert torch.isfinite(logits).all()
+
+
+def test_on_an_accelerator_the_forward_pass_reads_no_values(monkeypatch):
+    """Where reading values is not free (a GPU: it waits for the device), the forward passes
+    check shapes only: out-of-range ids are left to the embedding's kernel (CUDA asserts), and
+    an all-padding row with mean pooling gets NaN logits (0 / 0), which the trainer reports as
+    a non-finite loss. Here the CPU takes that path, with a spy on the reads."""
+    assert models.reading_is_free(torch.zeros(1)) and not models.reading_is_free(
+        torch.zeros(1, device="meta")
+    )
+    monkeypatch.setattr(models, "reading_is_free", lambda tensor: False)
+    idx = torch.tensor([[3, 4, 0], [0, 0, 0], [5, 0, 0]])
+    with monkeypatch.context() as patch:
+        for read in ("__bool__", "item", "tolist", "nonzero"):
+            patch.setattr(torch.Tensor, read, None)  # any value read now raises TypeError
+        models._check_ids(torch.tensor([[-1, V]]), V, MAX_LEN)  # the range is not read
+        with pytest.raises(ValueError, match="max_len"):  # shapes still are
+            models._check_ids(torch.zeros(1, MAX_LEN + 1, dtype=torch.long), V, MAX_LEN)
+        logits = tiny_classifier("mean")(idx)
+        lm_logits, lstm_logits = tiny_lm()(idx), LSTMLM(V, D, D, 1)(idx)[0]
+    assert torch.isnan(logits[1]).all() and torch.isfinite(logits[[0, 2]]).all()
+    assert lm_logits.shape == lstm_logits.shape == (3, 3, V)
 
 
 def test_classifier_rejects_bad_arguments():

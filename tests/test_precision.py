@@ -32,3 +32,19 @@ def test_precision_names_are_checked():
     with pytest.raises(ValueError, match="precision"):
         precision.resolve_precision("fp8", torch.device("cpu"))
     assert set(precision.AUTOCAST_DTYPES) == {"bf16", "fp16"}
+
+
+def test_a_scaler_can_start_afresh_after_an_interrupted_step():
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    scaler.scale(model(torch.ones(2, 3)).sum()).backward()
+    scaler.unscale_(optimizer)  # ... and then Ctrl-C, before step() and update()
+    with pytest.raises(RuntimeError, match="unscale_"):
+        scaler.unscale_(optimizer)
+    precision.forget_unfinished_step(scaler)
+    scaler.unscale_(optimizer)  # a new step may unscale again
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() == 8.0  # the scale is kept (growth only after 2000 good steps)
+    precision.forget_unfinished_step(None)  # no scaler (fp32, bf16): nothing to do

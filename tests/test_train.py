@@ -4,13 +4,14 @@ import functools
 import math
 import os
 import random
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from utils import losses, optim, train
+from utils import lm_recipes, losses, models, optim, train
 from utils.train import History, NonFiniteLossError, TrainConfig, Trainer
 
 VOCAB, SEQ, BATCH = 11, 6, 4
@@ -590,34 +591,230 @@ def test_cuda_mixed_precision_trains_and_resumes(tmp_path, precision):
 
 
 # --------------------------------------------------------------------------------------------
+# fp16 with a GradScaler, run on the CPU
+# --------------------------------------------------------------------------------------------
+
+INF = float("inf")
+
+
+def use_fp16_on_the_cpu(monkeypatch, **scaler_options):
+    """Trainers made after this run fp16 autocast with a real GradScaler on the CPU (torch has
+    both there; the book's rules keep fp16 for CUDA, where it is worth it)."""
+    monkeypatch.setattr(train, "resolve_precision", lambda precision, device: "fp16")
+    monkeypatch.setattr(
+        train,
+        "make_grad_scaler",
+        lambda device, precision: torch.amp.GradScaler("cpu", **scaler_options),
+    )
+
+
+def overflow_at(trainer, steps):
+    """Make the gradients of the steps ``steps`` (counted from 1) infinite, as an fp16
+    overflow does: the hook replaces the head's gradient in every backward of those steps."""
+
+    def hook(grad):
+        return torch.full_like(grad, INF) if trainer.step + 1 in steps else grad
+
+    trainer.model.head.weight.register_hook(hook)
+
+
+def recorded(events, name, function):
+    @functools.wraps(function)  # keeps the LR scheduler's mark on optimizer.step
+    def wrapper(*args, **kwargs):
+        events.append(name)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def global_norm(model):
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+
+
+def test_fp16_step_order_and_clipping_of_the_unscaled_gradients(monkeypatch):
+    cfg = config(max_steps=3, grad_accum_steps=2, clip_grad_norm=0.1)
+    fp32 = Trainer(*new_lm_run(steps=3)[:2], train.lm_loss, cfg).fit(lm_batch_at)
+    use_fp16_on_the_cpu(monkeypatch)
+    model, optimizer, scheduler = new_lm_run(steps=3)
+    trainer = Trainer(model, optimizer, train.lm_loss, cfg, scheduler)
+    scaler = trainer.scaler
+    assert trainer.precision == "fp16" and isinstance(scaler, torch.amp.GradScaler)
+
+    events, seen = [], {"scaled": [], "clipped": [], "stepped": []}
+    for name in ("scale", "step", "update"):
+        setattr(scaler, name, recorded(events, name, getattr(scaler, name)))
+    optimizer.step = recorded(events, "optimizer.step", optimizer.step)
+    scheduler.step = recorded(events, "scheduler.step", scheduler.step)
+    model.head.weight.register_post_accumulate_grad_hook(lambda p: events.append("backward"))
+    unscale, clip, step = scaler.unscale_, train.clip_gradients, optimizer.step
+
+    def spying_unscale(opt):
+        events.append("unscale_")
+        seen["scaled"].append((global_norm(model), scaler.get_scale()))
+        return unscale(opt)
+
+    def spying_clip(opt, max_norm):
+        events.append("clip")
+        seen["clipped"].append(global_norm(model))
+        return clip(opt, max_norm)
+
+    def spying_step(*args, **kwargs):
+        seen["stepped"].append(global_norm(model))
+        return step(*args, **kwargs)
+
+    scaler.unscale_, optimizer.step = spying_unscale, functools.wraps(step)(spying_step)
+    monkeypatch.setattr(train, "clip_gradients", spying_clip)
+    history = trainer.fit(lm_batch_at)
+
+    one_step = ["scale", "backward"] * 2 + ["unscale_", "clip", "step", "optimizer.step"]
+    assert events == (one_step + ["update", "scheduler.step"]) * 3
+    for (scaled, scale), clipped, stepped, recorded_norm in zip(
+        seen["scaled"], seen["clipped"], seen["stepped"], history.grad_norm, strict=True
+    ):
+        assert scale == 2.0**16 and scaled.item() == pytest.approx(scale * clipped.item())
+        assert clipped.item() == pytest.approx(recorded_norm) and recorded_norm > 0.1
+        assert stepped.item() == pytest.approx(0.1, rel=1e-4)  # clipped to max_norm
+    # the norm clipping saw is the true one: what an fp32 run of the same first step computes
+    assert history.grad_norm[0] == pytest.approx(fp32.grad_norm[0], rel=1e-2)
+
+
+def test_an_fp16_overflow_skips_the_update_shrinks_the_scale_and_still_counts(monkeypatch):
+    use_fp16_on_the_cpu(monkeypatch)
+    model, optimizer, scheduler = new_lm_run(steps=4)
+    trainer = Trainer(model, optimizer, train.lm_loss, config(max_steps=4), scheduler)
+    overflow_at(trainer, {2})
+    after, updates, train_step = {}, [], trainer.train_step
+    optimizer.step = recorded(updates, "update", optimizer.step)
+
+    def recording_train_step(data):
+        train_step(data)
+        after[trainer.step] = {
+            "params": [p.detach().clone() for p in model.parameters()],
+            "adam_steps": [float(optimizer.state[p]["step"]) for p in model.parameters()],
+            "scale": trainer.scaler.get_scale(),
+            "updates": len(updates),
+        }
+
+    trainer.train_step = recording_train_step
+    history = trainer.fit(lm_batch_at)
+
+    assert [after[s]["updates"] for s in (1, 2, 3, 4)] == [1, 1, 2, 3]  # step 2: no update
+    for a, b in zip(after[1]["params"], after[2]["params"], strict=True):
+        assert torch.equal(a, b)
+    assert after[2]["adam_steps"] == after[1]["adam_steps"] == [1.0] * 3  # 3 tensors
+    assert not torch.equal(after[2]["params"][0], after[3]["params"][0])  # updates resume
+    assert [after[s]["scale"] for s in (1, 2, 3, 4)] == [2.0**16, 2.0**15, 2.0**15, 2.0**15]
+    # the skipped step is a step: it used its batch and appears in the history
+    assert trainer.step == 4 and trainer.micro_batches_consumed == 4
+    assert history.steps == [1, 2, 3, 4] and all(map(math.isfinite, history.train_loss))
+    assert history.grad_norm[1] == INF and all(map(math.isfinite, history.grad_norm[::2]))
+
+
+def test_fp16_skipped_steps_keep_their_place_in_the_schedule(monkeypatch):
+    """The schedule is a function of the step number: a skipped step uses up its rate (no
+    shift, so the planned schedule still ends at max_steps), and PyTorch's warning about a
+    first ``optimizer.step()`` that did not happen is silenced, as that is intended."""
+    use_fp16_on_the_cpu(monkeypatch)
+
+    def run(overflows):
+        model, optimizer, scheduler = new_lm_run(steps=5)
+        trainer = Trainer(model, optimizer, train.lm_loss, config(max_steps=5), scheduler)
+        overflow_at(trainer, overflows)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = trainer.fit(lm_batch_at)
+        return trainer, history, [str(w.message) for w in caught]
+
+    clean, skipping = run(set()), run({1, 3})  # the first step too: where PyTorch warns
+    assert skipping[0].scaler.get_scale() == 2.0**14  # two overflows, two halvings
+    assert skipping[1].lr == clean[1].lr  # the same rate at every step
+    cosine = [0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 3))) for k in range(3)]
+    assert clean[1].lr == pytest.approx([0.025, 0.05, *cosine])  # warm-up 2, max_steps 5
+    assert skipping[0].scheduler.last_epoch == 5
+    assert not [m for m in skipping[2] if "lr_scheduler.step()" in m], skipping[2]
+
+
+def test_fp16_resume_restores_the_grad_scaler_exactly(monkeypatch, tmp_path):
+    use_fp16_on_the_cpu(monkeypatch, growth_interval=3)  # the scale doubles after 3 good steps
+    path, total = str(tmp_path / "run.pt"), 8
+
+    def make_trainer(max_steps, checkpoint_path):
+        model, optimizer, scheduler = new_lm_run(dropout=0.3, steps=total)
+        cfg = config(max_steps=max_steps, checkpoint_path=checkpoint_path, seed=3)
+        trainer = Trainer(model, optimizer, train.lm_loss, cfg, scheduler)
+        overflow_at(trainer, {6})
+        return trainer
+
+    straight = make_trainer(total, None)
+    straight.fit(lm_batch_at)
+    make_trainer(4, path).fit(lm_batch_at)
+    saved = torch.load(path, weights_only=True)["grad_scaler"]
+    assert saved["scale"] == 2.0**17 and saved["_growth_tracker"] == 1  # not a fresh scaler's
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    resumed = make_trainer(total, path)
+    history = resumed.fit(lm_batch_at)
+
+    assert history.steps == list(range(1, total + 1))
+    for name in ("train_loss", "grad_norm", "lr"):
+        assert getattr(history, name) == getattr(straight.history, name), name
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
+    assert resumed.scaler.get_scale() == 2.0**16  # grew to 2^17 at step 3, halved at step 6
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------
 # No waiting for the device between logging steps
 # --------------------------------------------------------------------------------------------
 
 # Every way Python code reads a tensor's value: on a GPU each one waits for the device (a sync).
+# The first ones hand a value to Python; the others make a tensor whose size depends on values.
 HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+SIZE_FROM_VALUES = ("nonzero", "masked_select", "unique")
 
 
 def count_host_reads(monkeypatch, when):
-    """Patch every host read (and torch.cuda.synchronize) to note ``when()`` it happens."""
+    """Patch every host read (and torch.cuda.synchronize) to note ``when()`` it happens.
+
+    Covers the reads above, ``nonzero`` & co. as methods and functions, and indexing with a
+    boolean mask (``x[mask]``: its size is the number of True values).
+    """
     reads = []
 
-    def spy(original):
+    def spy(original, only_if=lambda *args: True):
         def wrapper(*args, **kwargs):
-            reads.append(when())
+            if only_if(*args):
+                reads.append(when())
             return original(*args, **kwargs)
 
         return wrapper
 
-    for name in HOST_READS:
+    def boolean_index(tensor, index):
+        items = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+    for name in HOST_READS + SIZE_FROM_VALUES:
         monkeypatch.setattr(torch.Tensor, name, spy(getattr(torch.Tensor, name)))
+    for name in SIZE_FROM_VALUES:
+        monkeypatch.setattr(torch, name, spy(getattr(torch, name)))
+    monkeypatch.setattr(torch.Tensor, "__getitem__", spy(torch.Tensor.__getitem__, boolean_index))
     monkeypatch.setattr(torch.cuda, "synchronize", spy(torch.cuda.synchronize))
     return reads
+
+
+def take_the_accelerator_path(monkeypatch):
+    """Make this CPU run stand in for a GPU one: the value checks that only a CPU does for
+    free (the range of token ids, all-padding rows, the adaptive softmax picking a cluster's
+    rows) take the path they take on an accelerator."""
+    monkeypatch.setattr(losses, "_require_counted_targets", lambda counted, ignore_index: None)
+    for module in (models, lm_recipes):
+        monkeypatch.setattr(module, "reading_is_free", lambda tensor: False)
 
 
 def test_no_host_reads_between_logging_steps(monkeypatch):
     # lm_loss checks for an all-padding batch only when the targets are on the CPU (a GPU would
     # have to stop for it); remove that check so this CPU run stands in for a GPU one.
-    monkeypatch.setattr(losses, "_require_counted_targets", lambda counted, ignore_index: None)
+    take_the_accelerator_path(monkeypatch)
     model, optimizer, _ = new_lm_run(optimizer_class=torch.optim.SGD, schedule=False)
     cfg = config(max_steps=7, grad_accum_steps=2, sync_every=3)
     trainer = Trainer(model, optimizer, train.lm_loss, cfg)
@@ -638,6 +835,65 @@ def test_no_host_reads_between_logging_steps(monkeypatch):
     reads = count_host_reads(monkeypatch, lambda: trainer.step + 1)  # the step computed
     trainer.fit(lm_batch_at)
     assert set(reads) == set(range(1, 8))
+
+
+def classifier_batch_at(i: int):
+    """Token ids with trailing padding (id 0), at least one real token per row; 3 labels."""
+    x, _ = lm_batch_at(i)
+    x[:, 0] = x[:, 0].clamp(min=1)
+    x[torch.arange(SEQ) >= torch.arange(BATCH)[:, None] + 2] = 0  # row b: b + 2 real tokens
+    return x, x[:, 0] % 3
+
+
+BOOK_MODELS = {  # name: (model, loss function, batch_at), small sizes
+    "TransformerLM": lambda: (
+        models.TransformerLM(VOCAB, 8, 2, 2, max_len=SEQ),
+        train.lm_loss,
+        lm_batch_at,
+    ),
+    "TransformerLM-rope": lambda: (
+        models.TransformerLM(VOCAB, 8, 2, 1, max_len=SEQ, pos_encoding="rope"),
+        train.lm_loss,
+        lm_batch_at,
+    ),
+    "TransformerClassifier": lambda: (
+        models.TransformerClassifier(VOCAB, 3, 8, 2, 2, max_len=SEQ),  # mean pooling
+        train.classification_loss,
+        classifier_batch_at,
+    ),
+    "LSTMLM": lambda: (models.LSTMLM(VOCAB, 8, 8, 1), train.lm_loss, lm_batch_at),
+    "AdaptiveTransformerLM": lambda: (  # ids 0-3 head, 4-7 and 8-10 the clusters
+        lm_recipes.AdaptiveTransformerLM(VOCAB, [4, 8], 8, 2, 2, max_len=SEQ),
+        lm_recipes.adaptive_lm_loss,
+        lm_batch_at,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BOOK_MODELS)
+def test_the_book_models_do_no_host_reads_between_logging_steps(monkeypatch, name):
+    """The trainer's promise holds for the real models: their forward passes read nothing
+    back on an accelerator (on a CPU they check values, which is free there)."""
+
+    def run(accelerator):
+        torch.manual_seed(0)
+        model, loss_fn, batch_at = BOOK_MODELS[name]()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        cfg = config(max_steps=7, grad_accum_steps=2, sync_every=3)
+        trainer = Trainer(model, optimizer, loss_fn, cfg)
+        with monkeypatch.context() as patch:
+            if accelerator:
+                take_the_accelerator_path(patch)
+            reads = count_host_reads(patch, lambda: trainer.step + 1)
+            history = trainer.fit(batch_at)
+        return reads, history
+
+    reads, history = run(accelerator=True)
+    assert sorted(set(reads)) == [3, 6, 7]  # the logging steps only
+    assert history.steps == list(range(1, 8)) and all(map(math.isfinite, history.train_loss))
+    cpu_reads, cpu_history = run(accelerator=False)
+    assert set(cpu_reads) == set(range(1, 8))  # the spy sees the CPU's value checks
+    assert cpu_history.train_loss == history.train_loss  # the two paths compute the same
 
 
 def test_reading_back_late_changes_nothing():
@@ -715,9 +971,13 @@ def test_loss_functions_return_tensors_and_evaluate_reads_them_at_the_end(monkey
     assert result["n_tokens"] == 5 * BATCH * SEQ
 
 
-def test_training_continues_exactly_after_interrupts():
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_training_continues_exactly_after_interrupts(monkeypatch, precision):
     """Ctrl-C in a notebook: mid-accumulation, or after a step's numbers were read but before
-    its update. Calling fit again must give the uninterrupted run (no dropout: no RNG involved)."""
+    its update (with fp16: after the GradScaler unscaled the gradients). Calling fit again must
+    give the uninterrupted run (no dropout: no RNG involved)."""
+    if precision == "fp16":
+        use_fp16_on_the_cpu(monkeypatch)
 
     def run(interrupt):
         model, optimizer, scheduler = new_lm_run(steps=6)
@@ -750,6 +1010,8 @@ def test_training_continues_exactly_after_interrupts():
     assert interrupted[1].steps == list(range(1, 7))
     assert interrupted[1].train_loss == straight[1].train_loss
     assert interrupted[1].train_metrics == straight[1].train_metrics
+    if precision == "fp16":
+        assert interrupted[0].scaler.state_dict() == straight[0].scaler.state_dict()
     for a, b in zip(straight[0].model.parameters(), interrupted[0].model.parameters(), strict=True):
         assert torch.equal(a, b)
 

@@ -33,6 +33,7 @@ __all__ = [
     "TransformerClassifier",
     "LSTMLM",
     "filter_logits",
+    "reading_is_free",
     "count_parameters",
     "flops_breakdown",
     "flops_per_token",
@@ -52,8 +53,22 @@ def _check_dropout(dropout: float) -> None:
         raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
 
 
+def reading_is_free(t: torch.Tensor) -> bool:
+    """Whether Python can read ``t``'s values at no cost: on the CPU they are in host memory.
+
+    On an accelerator every read (``.item()``, ``if tensor:``, ``.nonzero()``, ...) makes Python
+    wait until the device has caught up; in a forward pass that is a wait at every step. So the
+    models check values only where this is True (shapes are checked everywhere: they are free).
+    """
+    return t.device.type == "cpu"
+
+
 def _check_ids(idx: torch.Tensor, vocab_size: int, max_len: int | None) -> None:
-    """Token ids must be an integer (B, L) tensor with 1 <= L <= max_len and 0 <= id < V."""
+    """Token ids must be an integer (B, L) tensor with 1 <= L <= max_len and 0 <= id < V.
+
+    The range of the ids is checked where reading it is free (:func:`reading_is_free`); on a
+    CUDA GPU the embedding's kernel stops on an out-of-range id itself (a device-side assert).
+    """
     if not isinstance(idx, torch.Tensor):
         raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
     if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
@@ -62,10 +77,26 @@ def _check_ids(idx: torch.Tensor, vocab_size: int, max_len: int | None) -> None:
         raise ValueError(f"idx must have shape (B, L) with L >= 1, got {tuple(idx.shape)}")
     if max_len is not None and idx.shape[1] > max_len:
         raise ValueError(f"sequence length {idx.shape[1]} exceeds max_len={max_len}")
-    if idx.numel() and (idx.min() < 0 or idx.max() >= vocab_size):
+    if reading_is_free(idx) and idx.numel() and (idx.min() < 0 or idx.max() >= vocab_size):
         raise ValueError(
             f"token ids must lie in [0, {vocab_size}), got min {int(idx.min())} and "
             f"max {int(idx.max())}"
+        )
+
+
+def _check_no_empty_rows(is_real: torch.Tensor, pad_idx: int) -> None:
+    """Mean pooling needs a real token in every row of ``is_real (B, L)``.
+
+    Checked where reading is free; on an accelerator an all-padding row gets NaN logits
+    instead (0 / 0), and the trainer stops on the NaN loss at its next logging step.
+    """
+    if not reading_is_free(is_real):
+        return
+    empty = (~is_real.any(dim=1)).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(
+            f"rows {empty.tolist()} contain only padding (pad_idx={pad_idx}); "
+            "mean pooling has nothing to average (use pooling='cls' or drop them)"
         )
 
 
@@ -424,12 +455,7 @@ class TransformerClassifier(nn.Module):
             x = torch.cat([self.cls_embedding.expand(B, 1, -1), x], dim=1)  # (B, L + 1, d)
             is_real = torch.cat([is_real.new_ones(B, 1), is_real], dim=1)
         else:
-            empty = (~is_real.any(dim=1)).nonzero().flatten()
-            if empty.numel():
-                raise ValueError(
-                    f"rows {empty.tolist()} contain only padding (pad_idx={self.pad_idx}); "
-                    "mean pooling has nothing to average (use pooling='cls' or drop them)"
-                )
+            _check_no_empty_rows(is_real, self.pad_idx)  # needs a real token in every row
         x = self.drop(self.position_embedding(x))
         mask = is_real[:, None, None, :]  # (B, 1, 1, L'): queries may attend real keys only
         attentions = []

@@ -380,6 +380,50 @@ def require(condition: bool, message: str) -> None:
         raise ParameterError(message)
 
 
+# --- The gpu profile's dry run -----------------------------------------------------------------
+
+DRY_RUN_ENV = "LLMBOOK_DRY_RUN"
+DRY_RUN_MIME = "application/vnd.llmbook.dry-run+json"
+
+
+class DryRunStop(Exception):
+    """Raised by :func:`dry_run_stop` in a dry run: every check before it passed; stop here.
+
+    ``tools/gpu_dry_run.py`` counts a notebook that stops with it as a success, and any other
+    exception before it as a failure. IPython shows the one-line message, not a traceback.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+def dry_run() -> bool:
+    """True when ``LLMBOOK_DRY_RUN`` is set (to anything but ``""`` or ``"0"``)."""
+    return os.environ.get(DRY_RUN_ENV, "") not in ("", "0")
+
+
+def dry_run_stop(plan=None) -> None:
+    """The end of a chapter's configuration and data checks, before its first expensive step.
+
+    Outside a dry run this does nothing. With ``LLMBOOK_DRY_RUN=1`` (``tools/gpu_dry_run.py``
+    runs every chapter so under ``-p profile gpu``) it prints ``plan``'s estimate (a
+    :class:`utils.gpu_estimate.Plan`, or None), publishes it as JSON under
+    :data:`DRY_RUN_MIME` for the tool, and raises :class:`DryRunStop`, which ends the run.
+    """
+    if not dry_run():
+        return
+    data = {"chapter": None, "estimates": []} if plan is None else plan.to_dict()
+    text = "no estimate" if plan is None else plan.report()
+    print(text)
+    try:
+        from IPython.display import display
+    except ImportError:  # plain Python: the printed report is all there is
+        pass
+    else:
+        display({DRY_RUN_MIME: data, "text/plain": "(dry-run estimate)"}, raw=True)
+    raise DryRunStop(f"{DRY_RUN_ENV} is set: configuration and data checks passed, stopped here")
+
+
 # --- Numbers in prose --------------------------------------------------------------------------
 
 GLUE_MIME_PREFIX = "application/papermill.record/"

@@ -78,3 +78,11 @@ def make_grad_scaler(device: torch.device, precision: str) -> Any:
     if hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler(torch.device(device).type)
     return torch.cuda.amp.GradScaler()  # torch < 2.3
+
+
+def forget_unfinished_step(scaler: Any) -> None:
+    """Let ``scaler`` start a fresh step after one was interrupted (e.g. Ctrl-C) between
+    ``unscale_`` and ``update``, which would otherwise refuse to unscale again. The scale and
+    its growth tracker stay as they are; ``None`` (no scaler) is fine."""
+    if scaler is not None:
+        getattr(scaler, "_per_optimizer_states", {}).clear()  # what update() ends with

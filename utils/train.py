@@ -39,6 +39,12 @@ skipping, so dropout and any other randomness continue exactly where the checkpo
 updates done, ``history.train_loss[i]`` the loss of the batch that update was computed from, and an
 evaluation record at step ``s`` is taken after ``s`` updates.
 
+**fp16 steps the GradScaler skips** (their gradients overflowed) are steps all the same: they
+consume their micro-batches, appear in the :class:`History` (with an inf or NaN gradient norm) and
+take their place in the learning-rate schedule, but leave the parameters and the optimizer state
+unchanged and shrink the loss scale (halve it, by default). So the schedule stays a function of
+the step number: it ends at ``max_steps`` as planned, and a resumed run follows it exactly.
+
 **No waiting for the GPU.** The loop never reads a number back from the device (``.item()``,
 ``float(tensor)``), which would make Python wait for the GPU to catch up, except on *logging
 steps*: every ``sync_every`` steps, and the steps that print, evaluate or checkpoint. Then it reads
@@ -91,6 +97,7 @@ from utils.precision import (
     PRECISIONS,
     autocast,
     cuda_has_native_bf16,
+    forget_unfinished_step,
     make_grad_scaler,
     resolve_precision,
 )
@@ -131,6 +138,20 @@ def default_sync_every(device: torch.device) -> int:
     """Read the loss back every step on a CPU (the numbers are already in host memory: free),
     every :data:`GPU_SYNC_EVERY` steps on an accelerator (each read makes Python wait for it)."""
     return 1 if torch.device(device).type == "cpu" else GPU_SYNC_EVERY
+
+
+def step_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """``scheduler.step()``, once per trainer step, also after a step the GradScaler skipped.
+
+    When that happens to the very first step, PyTorch warns that ``lr_scheduler.step()`` came
+    before ``optimizer.step()`` and that the schedule's first value is skipped: true, and meant
+    (the skipped step used that value for nothing), so the warning is silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning
+        )
+        scheduler.step()
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> torch.Tensor:
@@ -350,7 +371,7 @@ class Trainer:
         else:
             self.optimizer.step()
         if self.scheduler is not None:
-            self.scheduler.step()  # the learning rate for the next step
+            step_scheduler(self.scheduler)  # the learning rate for the next step
         self.optimizer.zero_grad(set_to_none=True)  # .grad = None: the next step starts afresh
         self.step, self.micro_batches_consumed = step, self.micro_batches_consumed + accum
 
@@ -387,6 +408,7 @@ class Trainer:
         data = self._start_or_resume(train_batches)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        forget_unfinished_step(self.scaler)  # an interrupted step, unscaled but not taken
         self.history.drop_after(self.step)  # a step interrupted (Ctrl-C) after its read
         self.recorder.start(self.history.time[-1] if self.history.time else 0.0, self.step)
         with tqdm(

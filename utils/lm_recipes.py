@@ -229,7 +229,7 @@ class TiedAdaptiveSoftmax(nn.Module):
     def target_log_probs(
         self, h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor
     ) -> torch.Tensor:
-        """``log p(target | h)`` for ``h (N, d)``, ``targets (N,)`` -> ``(N,)``, float32.
+        """``h (N, d)``, ``targets (N,)`` -> ``log p(target | h)`` ``(N,)``, float32.
 
         On the CPU each cluster is scored only for the rows whose target is in it.
         Picking those rows needs their count in Python, which on a GPU means waiting

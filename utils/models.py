@@ -455,7 +455,7 @@ class TransformerClassifier(nn.Module):
             x = torch.cat([self.cls_embedding.expand(B, 1, -1), x], dim=1)  # (B, L + 1, d)
             is_real = torch.cat([is_real.new_ones(B, 1), is_real], dim=1)
         else:
-            _check_no_empty_rows(is_real, self.pad_idx)  # needs a real token in every row
+            _check_no_empty_rows(is_real, self.pad_idx)  # a real token in every row
         x = self.drop(self.position_embedding(x))
         mask = is_real[:, None, None, :]  # (B, 1, 1, L'): queries may attend real keys only
         attentions = []

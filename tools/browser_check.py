@@ -31,8 +31,9 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-CHROMIUM_FLAGS = [
-    "--headless",
+# Chromium on a closed network: no sandbox as root, no GPU, and no background connections (they
+# would be refused, many at a time). tools/live_check.py starts Chromium with the same flags.
+ISOLATION_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -40,6 +41,10 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+]
+CHROMIUM_FLAGS = [
+    "--headless",
+    *ISOLATION_FLAGS,
     "--hide-scrollbars",
     "--virtual-time-budget=20000",  # let MathJax, plotly and the widget manager finish
 ]

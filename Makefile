@@ -1,7 +1,9 @@
 # Two commands do all set-up on a fresh machine (Python 3.11; network only to the package registries):
 #   make book   — create .venv, install, build the site into _build/html
-#   make test   — everything CI checks: lint, unit tests, notebook freshness, nbval, strict build,
-#                 offline check
+#   make test   — everything CI checks: lint, unit tests, notebook freshness, nbval (also on
+#                 portable kernels and one thread), the gpu-profile dry run, the GPU check's CPU
+#                 mode, the live notebooks in JupyterLab + Chromium, the Colab-like run at the
+#                 version floors, strict build, offline check
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -92,7 +94,7 @@ live: venv
 		(apt-get update -q && apt-get install -y -q chromium)
 	$(BIN)/python tools/live_check.py $(LIVE)
 
-test: lint unit slow nbval offline
+test: lint unit slow nbval nbval-other-cpu gpu-dry-run gpu-check-cpu live compat offline
 	@echo "make test: all checks passed"
 
 # Refresh the committed outputs (book profile) after changing a notebook or utils/.

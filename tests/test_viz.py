@@ -275,7 +275,7 @@ def _kinds(explorer):
     return [o["output_type"] for o in explorer.output.outputs]
 
 
-def test_explorer_shows_selected_head(tiny_model):
+def test_explorer_shows_selected_head(tiny_model, monkeypatch):
     explorer = viz.AttentionExplorer(
         tiny_model, encode=encode, decode_tokens=decode_tokens, text="a cat"
     )
@@ -288,8 +288,11 @@ def test_explorer_shows_selected_head(tiny_model):
         explorer.attentions[2, 1],
     )
     assert list(explorer.figure.layout.xaxis.ticktext) == ["a", " ", "c", "a", "t"]
-    bundle = explorer._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle
+    shown = []
+    monkeypatch.setattr("IPython.display.display", shown.append)
+    explorer._ipython_display_()  # what a notebook does with an explorer on a cell's last line
+    assert shown == [explorer.widget]
+    assert "application/vnd.jupyter.widget-view+json" in explorer.widget._repr_mimebundle_()
     assert explorer.widget.children[-1] is explorer.output
 
 

@@ -561,8 +561,12 @@ class AttentionExplorer:
 
     # -- display -----------------------------------------------------------------------------------
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        # Displaying the widget itself works with ipywidgets 7 (Colab's) and 8, whose widgets
+        # show themselves in different ways (_ipython_display_ vs _repr_mimebundle_).
+        from IPython.display import display
+
+        display(self.widget)
 
 
 # --------------------------------------------------------------------------------------------------

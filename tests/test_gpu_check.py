@@ -70,11 +70,14 @@ def blocked_env(tmp_path_factory):
 
 
 def run_bundle(bundle, env, out, *args, timeout=600):
+    """Run the bundle's script on the CPU. ``out``: a report file, or a folder given as a string
+    ending in "/" (a Path would drop the slash), which gets ``gpu_check_cpu.json``."""
     command = [sys.executable, str(bundle / "gpu_check.py"), "--device", "cpu", "--out", str(out)]
     result = subprocess.run(
         [*command, *args], env=env, capture_output=True, text=True, timeout=timeout
     )
-    report = json.loads(out.read_text()) if out.is_file() else None
+    report_file = Path(out) / "gpu_check_cpu.json" if str(out).endswith("/") else Path(out)
+    report = json.loads(report_file.read_text()) if report_file.is_file() else None
     return result, report
 
 
@@ -180,7 +183,7 @@ def test_failures_are_isolated_and_time_boxed(bundle, blocked_env, tmp_path):
 
 @pytest.mark.slow
 def test_cpu_mode_runs_every_check_in_both_modes(bundle, blocked_env, tmp_path):
-    result, report = run_bundle(bundle, blocked_env, tmp_path / "out/")
+    result, report = run_bundle(bundle, blocked_env, f"{tmp_path / 'out'}/")
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert report["passed"] and report["scale"] == "cpu"
     assert report["device"]["type"] == "cpu" and report["versions"]["torch"]

@@ -92,7 +92,11 @@ def _notebook(path: Path, body: str) -> Path:
         nbformat.v4.new_code_cell(body),
         nbformat.v4.new_code_cell("raise RuntimeError('after the dry-run point')"),
     ]
-    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    book.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(book, path)
     return path
 
@@ -115,7 +119,10 @@ def test_tool_passes_a_stop_and_fails_an_error_or_no_stop(tmp_path):
         header + "nb.require(False, 'too few batches')\nnb.dry_run_stop(plan)",
     )
     never = _notebook(tmp_path / "never.ipynb", "x = 1")
-    never.write_text(never.read_text().replace("after the dry-run point", "x"))
+    # runs to its end: no dry-run point, and no error after one either
+    never.write_text(
+        never.read_text().replace("raise RuntimeError('after the dry-run point')", "y = 2")
+    )
     work = tmp_path / "out"
     work.mkdir()
     results = {

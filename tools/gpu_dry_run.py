@@ -54,10 +54,10 @@ def _estimate_in(executed: nbformat.NotebookNode) -> dict | None:
 
 def _stop_cell(executed: nbformat.NotebookNode) -> int | None:
     """Index (in the original notebook) of the cell that raised, if any."""
-    code_cells = [
-        c for c in executed.cells if "injected-parameters" not in c.metadata.get("tags", [])
-    ]
-    for index, cell in enumerate(code_cells):
+    # papermill adds a parameters cell and, on an error, markdown cells that point at it.
+    added = {"injected-parameters", "papermill-error-cell-tag"}
+    original = [c for c in executed.cells if not added & set(c.metadata.get("tags", []))]
+    for index, cell in enumerate(original):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
                 return index

@@ -89,7 +89,7 @@ offline: site
 # (tools/live_check.py; LIVE="01 05e" for some chapters). Installs Debian's chromium when it is
 # missing and make runs as root; otherwise the check says how to install it.
 .PHONY: live
-live: venv
+live: vendor
 	@test -x /usr/bin/chromium || test "$$(id -u)" != 0 || \
 		(apt-get update -q && apt-get install -y -q chromium)
 	$(BIN)/python tools/live_check.py $(LIVE)

@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -467,6 +468,84 @@ def test_bertviz_loader_logic_runs_in_node(tmp_path):
         assert config["config"]["paths"]["d3"][0] == "../_static/vendor/d3.min"
         assert config["config"]["context"] == "llmbook-bertviz"
         assert call["deps"] == ["jquery", "d3"]
+
+
+def test_bertviz_sources(monkeypatch):
+    attention, tokens = [random_attention(1, 2, 3, 3)], ["a", "b", "c"]
+    bertviz = pytest.importorskip("bertviz")
+    raw = bertviz.head_view(attention, tokens, html_action="return").data
+    cdn_only = viz.rewrite_bertviz_html(raw, source="cdn")
+    assert "_static/vendor" not in cdn_only and "cdnjs.cloudflare.com" in cdn_only
+    # inline without libraries (make vendor not run): the CDN loader, no local guesses
+    assert viz.rewrite_bertviz_html(raw, source="inline") == cdn_only
+    libraries = {"d3": "/* d3 */", "jquery": "/* jquery */"}
+    first = viz.rewrite_bertviz_html(raw, source="inline", libraries=libraries)
+    later = viz.rewrite_bertviz_html(raw, source="inline", libraries={})
+    assert first.startswith(viz._inline_libraries_html(libraries)) and first.endswith(later)
+    assert not SCRIPT_SRC.search(first) and "require.js" not in first and "cdn" not in later
+    with pytest.raises(ValueError, match="source"):
+        viz.rewrite_bertviz_html(raw, source="colab")
+    # in a live session only the first view of the kernel carries the libraries
+    if viz.vendored_libraries() is not None:
+        monkeypatch.setenv("LLMBOOK_PLOTLY", "inline")
+        monkeypatch.setattr(viz, "_bertviz_libraries_sent", False)
+        pages = [viz.head_view(attention, tokens).data for _ in range(2)]
+        assert len(pages[0]) > 100_000 > len(pages[1]) and pages[0].endswith(pages[1])
+
+
+def _render_offline(tmp_path, body: str) -> tuple[dict, list[str]]:
+    """Open ``body`` in headless Chromium with every request but file:// blocked."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian's chromium is not installed")
+    page_file = tmp_path / "page.html"
+    page_file.write_text(f"<!doctype html><html><head></head><body>{body}</body></html>")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium")
+        page = browser.new_page()
+        errors, external = [], []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.route(
+            lambda url: not url.startswith("file:"),
+            lambda route: (external.append(route.request.url), route.abort())[1],
+        )
+        page.goto(page_file.as_uri())
+        page.wait_for_timeout(5000)
+        state = page.evaluate(
+            """() => [...document.querySelectorAll('div[id^="bertviz-"]')].map((d) =>
+              ({svg: !!d.querySelector("svg"), text: d.textContent}))"""
+        )
+        globals_left = page.evaluate("() => [typeof window.d3, typeof window.jQuery]")
+        browser.close()
+    return {"views": state, "globals": globals_left, "external": external}, errors
+
+
+@pytest.mark.slow
+def test_bertviz_live_views_draw_offline_in_chromium(tmp_path, monkeypatch):
+    """The live-notebook output (libraries inlined) draws with no network and leaves no globals."""
+    if viz.vendored_libraries() is None:
+        pytest.skip("book/_vendor/vendor is empty: run make vendor")
+    monkeypatch.setenv("LLMBOOK_PLOTLY", "inline")
+    monkeypatch.setattr(viz, "_bertviz_libraries_sent", False)
+    torch.manual_seed(0)
+    tokens = ["the", "cat", "sat"]
+    head = viz.head_view([random_attention(1, 2, 3, 3)], tokens).data
+    model = viz.model_view([random_attention(1, 2, 3, 3)] * 2, tokens).data
+    state, errors = _render_offline(tmp_path, head + model)
+    assert errors == [] and state["external"] == []
+    assert [v["svg"] for v in state["views"]] == [True, True]
+    assert state["globals"] == ["undefined", "undefined"]
+
+
+@pytest.mark.slow
+def test_bertviz_view_says_why_when_nothing_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMBOOK_PLOTLY", "cdn")  # the CDN is unreachable in the test browser
+    page = viz.head_view([random_attention(1, 2, 3, 3)], ["a", "b", "c"]).data
+    state, errors = _render_offline(tmp_path, page)
+    assert state["views"][0]["svg"] is False
+    assert "make vendor" in state["views"][0]["text"]
+    assert any("could not load require.js" in e for e in errors)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ notebooks to a temporary folder (the committed ones are never touched), opens ea
 Playwright, clears its outputs, runs all cells under the ``smoke`` profile and then checks:
 
 - every plotly figure was drawn: each ``div.llmbook-plotly`` holds an ``svg.main-svg``, and the live
-  run shows at least as many figures as the stored notebook;
+  run shows at least as many figures as the stored notebook; every bertviz view (a
+  ``div[id^=bertviz-]``) holds an ``svg``;
 - no cell output is an error (an ``error`` output, a traceback printed to stderr, or an exception in
   a widget callback), and every code cell has an execution count;
 - the page requested nothing from a host other than 127.0.0.1 / localhost (such requests are
@@ -186,6 +187,8 @@ class ChapterResult:
     figures: int = 0  # div.llmbook-plotly in the live outputs
     drawn: int = 0  # ... of which hold an svg.main-svg
     undrawn_ids: list[str] = field(default_factory=list)
+    views: int = 0  # bertviz views in the live outputs
+    views_drawn: int = 0  # ... of which hold an svg
     widgets_checked: int = 0
     widget_failures: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # error outputs and printed tracebacks
@@ -207,6 +210,8 @@ class ChapterResult:
                 f"{self.figures - self.drawn} of {self.figures} plotly figures not drawn "
                 f"(no svg.main-svg in {', '.join(self.undrawn_ids[:5])})"
             )
+        if self.views_drawn < self.views:
+            out.append(f"{self.views - self.views_drawn} of {self.views} bertviz views not drawn")
         if self.figures < self.stored_figures:
             out.append(
                 f"the live run shows {self.figures} plotly figures, the stored notebook "
@@ -240,6 +245,7 @@ def format_table(results: list[ChapterResult]) -> str:
     header = (
         "chapter",
         "figures drawn/found",
+        "bertviz drawn/found",
         "widgets ok/checked",
         "errors",
         "external",
@@ -254,6 +260,7 @@ def format_table(results: list[ChapterResult]) -> str:
             (
                 r.chapter,
                 f"{r.drawn}/{r.figures}",
+                f"{r.views_drawn}/{r.views}",
                 f"{widgets_ok}/{r.widgets_checked}",
                 str(len(r.errors) + len(r.not_executed) + bool(r.problem)),
                 str(len(r.external)),
@@ -493,9 +500,13 @@ JS_FINISHED = """() => {
   return window.__llmbookRun.done && kernel && kernel.status === "idle";
 }"""
 FIGURES = ".jp-OutputArea div.llmbook-plotly"
-JS_ALL_DRAWN = """() => [...window.jupyterapp.shell.currentWidget.node
-  .querySelectorAll(".jp-OutputArea div.llmbook-plotly")]
-  .every((d) => d.querySelector("svg.main-svg"))"""
+JS_ALL_DRAWN = """() => {
+  const node = window.jupyterapp.shell.currentWidget.node;
+  return [...node.querySelectorAll(".jp-OutputArea div.llmbook-plotly")]
+    .every((d) => d.querySelector("svg.main-svg"))
+    && [...node.querySelectorAll('.jp-OutputArea div[id^="bertviz-"]')]
+    .every((d) => d.querySelector("svg"));
+}"""
 # What the page shows once the run is over.
 JS_STATE = """() => {
   const panel = window.jupyterapp.shell.currentWidget;
@@ -517,6 +528,7 @@ JS_STATE = """() => {
   }
   errors.push(...window.__llmbookCallbackErrors.map((e) => "widget callback " + e));
   const divs = [...panel.node.querySelectorAll(".jp-OutputArea div.llmbook-plotly")];
+  const views = [...panel.node.querySelectorAll('.jp-OutputArea div[id^="bertviz-"]')];
   return {
     run: window.__llmbookRun,
     notExecuted: code.filter(([cell]) => cell.model.executionCount === null).map(([, i]) => i),
@@ -524,6 +536,8 @@ JS_STATE = """() => {
     figures: divs.length,
     drawn: divs.filter((d) => d.querySelector("svg.main-svg")).length,
     undrawn: divs.filter((d) => !d.querySelector("svg.main-svg")).map((d) => d.id),
+    views: views.length,
+    viewsDrawn: views.filter((d) => d.querySelector("svg")).length,
   };
 }"""
 
@@ -649,6 +663,7 @@ def check_chapter(context, server: JupyterServer, chapter: str, out: Path, args)
         state = page.evaluate(JS_STATE)
         result.figures, result.drawn = state["figures"], state["drawn"]
         result.undrawn_ids = state["undrawn"]
+        result.views, result.views_drawn = state["views"], state["viewsDrawn"]
         result.errors = state["errors"]
         result.not_executed = state["notExecuted"]
         if state["run"].get("error"):

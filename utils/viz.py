@@ -6,8 +6,12 @@ The figure functions *return* ``plotly.graph_objects.Figure`` objects; display t
 - :func:`attention_heatmap`, :func:`attention_grid`: one head, or all heads of a layer.
 - :func:`plot_curves`: loss / metric curves from a history (a dict of lists).
 - :func:`attention_for_text` + :class:`AttentionExplorer`: type a text, pick layer and head.
-- :func:`head_view`, :func:`model_view`: bertviz views rewritten to load require.js, d3 and jQuery
-  from the site's ``_static/vendor`` folder first and from a CDN only when that fails.
+- :func:`head_view`, :func:`model_view`: bertviz views rewritten so that they draw without a CDN.
+  Where their JavaScript comes from follows :func:`utils.plotting.plotly_source`: in the built site
+  require.js, d3 and jQuery come from its ``_static/vendor`` folder (a CDN only when that fails);
+  in a live JupyterLab / Notebook / VS Code session the first view of a kernel carries d3 and
+  jQuery from the folder ``make vendor`` fills (``book/_vendor/vendor``, offline too; the CDN when
+  it is empty); on Colab they come from the CDN.
 
 Attention tensors follow the book's model contract: ``model(idx[B, L], return_attention=True)``
 returns ``(logits, attentions)`` with ``attentions`` a list (one per layer) of ``[B, H, L, L]``
@@ -23,6 +27,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +35,11 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from .plotting import plotly_source
+
 DEFAULT_VENDOR_URL = "../_static/vendor"
+# Filled by ``make vendor`` (tools/vendor_js.py); read here only for live notebooks.
+VENDOR_DIR = Path(__file__).resolve().parents[1] / "book" / "_vendor" / "vendor"
 
 # --------------------------------------------------------------------------------------------------
 # Argument helpers
@@ -583,20 +592,31 @@ _REQUIRE_CONFIG = re.compile(
 _PATH_ENTRY = re.compile(r"(?P<name>\w+)\s*:\s*'(?P<url>[^']+)'")
 _BERTVIZ_ID = re.compile(r"bertviz-[0-9a-f]{32}")
 
+_BERTVIZ_MISSING_JS = (
+    "This attention view needs d3 and jQuery, which this page could not load: run `make vendor` "
+    "(it copies them into book/_vendor/vendor with npm) and restart the kernel, or connect to the "
+    "internet."
+)
+
 # Runs bertviz's code once require.js exists: loads require.js if the page has none (the site's
-# copy first, the CDN when that fails, as in a live Jupyter/Colab session where the relative URL
-# is wrong). A private requirejs context keeps the page's own require configuration untouched, and
-# enforceDefine makes requirejs move on to the CDN when the local URL answers with something that is
-# not the library (JupyterLab serves its app page for unknown paths).
+# copy first, then the CDN). A private requirejs context keeps the page's own require configuration
+# untouched, and enforceDefine makes requirejs move on to the next URL when one answers with
+# something that is not the library. If nothing loads, the view's div says so.
 _LOADER_TEMPLATE = """<script type="text/javascript">
 (function () {
   var requireSources = __REQUIRE_SOURCES__;
+  function giveUp(what) {
+    console.error("bertviz: could not load " + what);
+    var div = document.getElementById("__DIV_ID__");
+    if (div) div.textContent = __MESSAGE__;
+  }
   function runBertviz() {
     var bertvizRequire = window.requirejs.config({
       context: "llmbook-bertviz",
       enforceDefine: true,
       paths: __PATHS__
     });
+    bertvizRequire.onError = function () { giveUp("d3 / jQuery"); };
     bertvizRequire(__BODY__
   }
   if (window.requirejs) { runBertviz(); return; }
@@ -609,7 +629,8 @@ _LOADER_TEMPLATE = """<script type="text/javascript">
     function tryNext() {
       script.remove();
       if (i + 1 < requireSources.length) { loadRequire(i + 1); return; }
-      console.error("bertviz: could not load require.js from " + requireSources.join(" or "));
+      window.__llmbookRequireLoading = false;
+      giveUp("require.js from " + requireSources.join(" or "));
     }
     script.onerror = tryNext;
     script.onload = function () {
@@ -626,20 +647,92 @@ _LOADER_TEMPLATE = """<script type="text/javascript">
 </script>
 """
 
+# Live notebooks: bertviz's ``requirejs(["jquery", "d3"], f)`` answered from libraries that the
+# first view of the kernel put on the page. No require.js: a global AMD loader would change how
+# other scripts of the page (plotly.js, JupyterLab's own) register themselves.
+_INLINE_TEMPLATE = """<script type="text/javascript">
+(function () {
+  function requirejs(deps, body) {
+    var libs = window.__llmbookBertvizLibs;
+    body.apply(null, deps.map(function (name) { return libs[name]; }));
+  }
+  function run() { requirejs(__BODY__ }
+  if (window.__llmbookBertvizLibs) { run(); return; }
+  window.__llmbookBertvizQueue = window.__llmbookBertvizQueue || [];
+  window.__llmbookBertvizQueue.push(run);
+  setTimeout(function () {
+    var div = document.getElementById("__DIV_ID__");
+    if (!window.__llmbookBertvizLibs && div) div.textContent = __MESSAGE__;
+  }, 4000);
+})();
+</script>
+"""
 
-def rewrite_bertviz_html(page: str, vendor_url: str = DEFAULT_VENDOR_URL) -> str:
-    """Rewrite bertviz's ``html_action="return"`` HTML to use ``vendor_url`` before any CDN.
+# d3 and jQuery for the page, kept off the page's globals (``define``/``module`` hidden so that
+# their UMD wrappers take the global branch; window.d3 restored, jQuery.noConflict(true)).
+_INLINE_LIBRARIES = """<script type="text/javascript">
+(function () {
+  var define = undefined, module = undefined, exports = undefined;
+  var pageD3 = window.d3;
+__D3__
+  var d3 = window.d3;
+  window.d3 = pageD3;
+__JQUERY__
+  window.__llmbookBertvizLibs = {d3: d3, jquery: window.jQuery.noConflict(true)};
+  (window.__llmbookBertvizQueue || []).forEach(function (run) { run(); });
+  window.__llmbookBertvizQueue = [];
+}).call(window);
+</script>
+"""
+
+# True once this kernel has sent d3 and jQuery to the page (live notebooks only).
+_bertviz_libraries_sent = False
+
+
+def vendored_libraries(vendor_dir: Path = VENDOR_DIR) -> dict[str, str] | None:
+    """d3 and jQuery sources from ``vendor_dir`` (``make vendor``), or None when either is missing."""
+    files = {"d3": vendor_dir / "d3.min.js", "jquery": vendor_dir / "jquery.min.js"}
+    if not all(path.is_file() for path in files.values()):
+        return None
+    return {name: path.read_text(encoding="utf-8") for name, path in files.items()}
+
+
+def _inline_libraries_html(libraries: dict[str, str]) -> str:
+    return _INLINE_LIBRARIES.replace("__D3__", libraries["d3"]).replace(
+        "__JQUERY__", libraries["jquery"]
+    )
+
+
+def rewrite_bertviz_html(
+    page: str,
+    vendor_url: str = DEFAULT_VENDOR_URL,
+    source: str | None = None,
+    libraries: dict[str, str] | None = None,
+) -> str:
+    """Rewrite bertviz's ``html_action="return"`` HTML so that it draws without a CDN.
 
     bertviz emits ``<script src=CDN/require.min.js>``, its ``<div>``, then one inline script that
     starts with ``require.config({paths: {d3: CDN, jquery: CDN}})`` and ``requirejs([...], ...)``.
-    The result has no ``<script src>`` at all: require.js is loaded by a small loader (local file
-    first), and the d3 / jquery paths become ``[local, CDN]`` fallback lists. bertviz's random div id
-    is replaced by one derived from the content, so re-running a notebook gives identical output.
+    The result has no ``<script src>`` at all. ``source`` (default
+    :func:`utils.plotting.plotly_source`) picks how the libraries arrive:
+
+    - ``"site"``: a small loader fetches require.js (``vendor_url`` first, then the CDN), and the
+      d3 / jquery paths become ``[vendor_url, CDN]`` fallback lists.
+    - ``"inline"`` with ``libraries`` (d3 and jQuery sources, see :func:`vendored_libraries`): the
+      libraries are embedded and bertviz's code runs without require.js. An empty dict means
+      the page already has them (a previous view of the same kernel brought them).
+    - ``"cdn"``, or ``"inline"`` without libraries: the same loader as ``site`` with CDN URLs only.
+
+    bertviz's random div id is replaced by one derived from the content, so re-running a notebook
+    gives identical output.
     """
     if not isinstance(page, str):
         raise TypeError(f"page must be the HTML string from bertviz, got {type(page).__name__}")
     if not isinstance(vendor_url, str) or not vendor_url:
         raise ValueError(f"vendor_url must be a non-empty URL string, got {vendor_url!r}")
+    source = source or plotly_source()
+    if source not in ("site", "inline", "cdn"):
+        raise ValueError(f"source={source!r} is not one of site, inline, cdn")
     vendor_url = vendor_url.rstrip("/")
     require_tag = _REQUIRE_TAG.search(page)
     inline = _INLINE_SCRIPT.search(page)
@@ -652,24 +745,38 @@ def rewrite_bertviz_html(page: str, vendor_url: str = DEFAULT_VENDOR_URL) -> str
         )
     div_html = page[require_tag.end() : inline.start()]
     js = inline.group("js")
-    paths = {
-        m.group("name"): [f"{vendor_url}/{m.group('name')}.min", m.group("url")]
-        for m in _PATH_ENTRY.finditer(config.group("paths"))
+    cdn_paths = {
+        m.group("name"): m.group("url") for m in _PATH_ENTRY.finditer(config.group("paths"))
     }
-    if set(paths) != {"d3", "jquery"}:
-        raise RuntimeError(f"bertviz's require.config paths changed: found {sorted(paths)}")
+    if set(cdn_paths) != {"d3", "jquery"}:
+        raise RuntimeError(f"bertviz's require.config paths changed: found {sorted(cdn_paths)}")
     body = js[config.end() :]  # "['jquery', 'd3'], function ($, d3) { ... });"
-    script = (
-        _LOADER_TEMPLATE.replace(
-            "__REQUIRE_SOURCES__",
-            json.dumps([f"{vendor_url}/require.js", require_tag.group("url")]),
+    div_id = _BERTVIZ_ID.search(div_html)
+    if div_id is None:
+        raise RuntimeError("bertviz's HTML has no bertviz-<id> div; utils.viz must be updated")
+    if source == "inline" and libraries is not None:
+        script = _INLINE_TEMPLATE.replace("__BODY__", body)
+    else:
+        local = source == "site"
+        paths = {
+            name: ([f"{vendor_url}/{name}.min"] if local else []) + [url]
+            for name, url in cdn_paths.items()
+        }
+        requires = ([f"{vendor_url}/require.js"] if local else []) + [require_tag.group("url")]
+        script = (
+            _LOADER_TEMPLATE.replace("__REQUIRE_SOURCES__", json.dumps(requires))
+            .replace("__PATHS__", json.dumps(paths))
+            .replace("__BODY__", body)
         )
-        .replace("__PATHS__", json.dumps(paths))
-        .replace("__BODY__", body)
+    script = script.replace("__DIV_ID__", div_id.group(0)).replace(
+        "__MESSAGE__", json.dumps(_BERTVIZ_MISSING_JS)
     )
     result = div_html.strip() + "\n" + script
     digest = hashlib.sha1(_BERTVIZ_ID.sub("bertviz-id", result).encode()).hexdigest()[:32]
-    return _BERTVIZ_ID.sub(f"bertviz-{digest}", result)
+    result = _BERTVIZ_ID.sub(f"bertviz-{digest}", result)
+    if source == "inline" and libraries:
+        result = _inline_libraries_html(libraries) + result
+    return result
 
 
 def _bertviz_attention(attention: Any, batch_index: int | None) -> list[torch.Tensor]:
@@ -724,7 +831,17 @@ def _bertviz_view(view: Callable, attention, tokens, vendor_url, batch_index, kw
     layers = _bertviz_attention(attention, batch_index)
     tokens = _check_tokens("tokens", tokens, layers[0].shape[-1], "sequence")
     returned = view(layers, tokens, html_action="return", **kwargs)
-    return HTML(rewrite_bertviz_html(returned.data, vendor_url=vendor_url))
+    global _bertviz_libraries_sent
+    source = plotly_source()
+    libraries = None
+    if source == "inline":
+        libraries = vendored_libraries()
+        if libraries is not None and _bertviz_libraries_sent:
+            libraries = {}  # already on the page: only the view itself
+        elif libraries is not None:
+            _bertviz_libraries_sent = True
+    page = rewrite_bertviz_html(returned.data, vendor_url, source=source, libraries=libraries)
+    return HTML(page)
 
 
 def head_view(

@@ -69,6 +69,8 @@ def test_every_kind_of_failure_is_named():
     assert "error output: cell 12: ValueError: bad" in text
     assert "2 code cells not executed (cells 13, 14)" in text
     assert "widget: cost calculator: output unchanged" in text
+    result.views, result.views_drawn = 2, 1
+    assert "1 of 2 bertviz views not drawn" in "\n".join(result.failures())
 
 
 def test_the_table_and_the_exit_status():
@@ -83,6 +85,8 @@ def test_the_table_and_the_exit_status():
         "chapter",
         "figures",
         "drawn/found",
+        "bertviz",
+        "drawn/found",
         "widgets",
         "ok/checked",
         "errors",
@@ -91,8 +95,18 @@ def test_the_table_and_the_exit_status():
         "seconds",
         "result",
     ]
-    assert lines[2].split() == ["01_background", "3/3", "1/1", "0", "0", "0", "20", "ok"]
-    assert lines[3].split() == ["03a_attention_math", "0/6", "0/0", "0", "0", "0", "46", "FAIL"]
+    assert lines[2].split() == ["01_background", "3/3", "0/0", "1/1", "0", "0", "0", "20", "ok"]
+    assert lines[3].split() == [
+        "03a_attention_math",
+        "0/6",
+        "0/0",
+        "0/0",
+        "0",
+        "0",
+        "0",
+        "46",
+        "FAIL",
+    ]
     assert "6 of 6 plotly figures not drawn" in text
     assert "live check FAILED: 1 of 2 chapters" in text
     assert live_check.report([good])[1] == 0

@@ -94,7 +94,15 @@ live: vendor
 		(apt-get update -q && apt-get install -y -q chromium)
 	$(BIN)/python tools/live_check.py $(LIVE)
 
-test: lint unit slow nbval nbval-other-cpu gpu-dry-run gpu-check-cpu live compat offline
+# Every page of the built site in headless Chromium (tools/site_check.py): no console error, no
+# failed request, nothing wider than its box, every heatmap drawn with all its cells.
+.PHONY: site-check
+site-check: site
+	@test -x /usr/bin/chromium || test "$$(id -u)" != 0 || \
+		(apt-get update -q && apt-get install -y -q chromium)
+	$(BIN)/python tools/site_check.py
+
+test: lint unit slow nbval nbval-other-cpu gpu-dry-run gpu-check-cpu live compat offline site-check
 	@echo "make test: all checks passed"
 
 # Refresh the committed outputs (book profile) after changing a notebook or utils/.

@@ -493,8 +493,19 @@ def test_bertviz_sources(monkeypatch):
         assert len(pages[0]) > 100_000 > len(pages[1]) and pages[0].endswith(pages[1])
 
 
-def _render_offline(tmp_path, body: str) -> tuple[dict, list[str]]:
-    """Open ``body`` in headless Chromium with every request but file:// blocked."""
+BERTVIZ_STATE = """() => ({
+  views: [...document.querySelectorAll('div[id^="bertviz-"]')].map((d) =>
+    ({svg: !!d.querySelector("svg"), text: d.textContent})),
+  globals: [typeof window.d3, typeof window.jQuery],
+})"""
+
+
+def _render_offline(tmp_path, body: str, state_js: str = BERTVIZ_STATE) -> tuple[dict, list[str]]:
+    """Open ``body`` in headless Chromium with every request but file:// blocked.
+
+    Returns what ``state_js`` evaluates to after 5 s (plus the blocked URLs under "external") and
+    the console errors.
+    """
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian's chromium is not installed")
@@ -512,13 +523,50 @@ def _render_offline(tmp_path, body: str) -> tuple[dict, list[str]]:
         )
         page.goto(page_file.as_uri())
         page.wait_for_timeout(5000)
-        state = page.evaluate(
-            """() => [...document.querySelectorAll('div[id^="bertviz-"]')].map((d) =>
-              ({svg: !!d.querySelector("svg"), text: d.textContent}))"""
-        )
-        globals_left = page.evaluate("() => [typeof window.d3, typeof window.jQuery]")
+        state = page.evaluate(state_js)
         browser.close()
-    return {"views": state, "globals": globals_left, "external": external}, errors
+    return state | {"external": external}, errors
+
+
+DRAWN_HEATMAPS = """() => [...document.querySelectorAll(".js-plotly-plot")].flatMap((gd) =>
+  gd._fullData.map((trace, i) => ({
+    data: [trace.z.length, trace.z[0].length],
+    drawn: [gd.calcdata[i][0].z.length, gd.calcdata[i][0].z[0].length],
+  })))"""
+
+
+@pytest.mark.slow
+def test_heatmaps_with_repeated_tokens_draw_every_cell_in_chromium(tmp_path):
+    """Repeated tokens ("the" twice, [PAD] three times) keep their own rows and columns."""
+    from plotly.subplots import make_subplots
+
+    from utils import plotting
+
+    tokens = ["[CLS]", "the", "cat", "saw", "the", "dog", "[PAD]", "[PAD]", "[PAD]"]
+    n = len(tokens)
+    torch.manual_seed(0)
+    weights = torch.softmax(torch.randn(2, n, n), dim=-1)
+    grid = make_subplots(rows=1, cols=2)
+    for col in (1, 2):
+        grid.add_trace(viz.token_heatmap(weights[col - 1], tokens, tokens), 1, col)
+    grid.update_xaxes(**viz.token_axis(tokens))
+    figures = [
+        viz.attention_heatmap(weights[0], tokens),
+        viz.attention_grid(weights, tokens),
+        grid,
+    ]
+    body = plotting.plotly_js_html() + "".join(
+        plotting.figure_html(fig, source="site") for fig in figures
+    )
+    state, errors = _render_offline(tmp_path, body, f"() => ({{maps: ({DRAWN_HEATMAPS})()}})")
+    assert errors == [] and state["external"] == []
+    assert len(state["maps"]) == 1 + 2 + 2
+    assert all(m["drawn"] == m["data"] == [n, n] for m in state["maps"]), state["maps"]
+    # the control: tokens as category values merge the repeats (what the helpers avoid)
+    merged = go.Figure(go.Heatmap(z=weights[0].tolist(), x=tokens, y=tokens))
+    body = plotting.plotly_js_html() + plotting.figure_html(merged, source="site")
+    state, _ = _render_offline(tmp_path, body, f"() => ({{maps: ({DRAWN_HEATMAPS})()}})")
+    assert state["maps"][0]["drawn"] == [6, 6]
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Run the chapters in a real JupyterLab, in headless Chromium, and check what a reader sees.
 
-The static-site check (``tools/browser_check.py``) looks at the built pages; this one looks at the
+The static-site check (``tools/site_check.py``) looks at the built pages; this one looks at the
 *live* notebooks. It starts Jupyter Server with JupyterLab on 127.0.0.1 (a free port, a token,
 temporary Jupyter config/runtime/data folders so nothing of the user's setup leaks in), copies the
 notebooks to a temporary folder (the committed ones are never touched), opens each chapter with
@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from browser_check import ISOLATION_FLAGS  # tools/ is on sys.path: run as a script or by the tests
+from site_check import ISOLATION_FLAGS  # tools/ is on sys.path: run as a script or by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -8,7 +8,8 @@ desktop width, waits for MathJax, plotly, the widget manager and mermaid to fini
   font); requests to another host are blocked and counted as failed;
 - **overflow**: elements of the page's text column whose content is wider than their box (a
   display equation, a table or a code block that a reader must scroll sideways), or that stick out
-  of the column;
+  of the column; bertviz's model view, a grid of thumbnails that scrolls sideways by design, is
+  the one exception;
 - **heatmaps**: for every plotly heatmap, the cells drawn (distinct x and y positions after plotly
   mapped the categories) against the cells of its data; repeated category labels (two "the"
   tokens) would merge rows and columns;
@@ -41,6 +42,18 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
+# Chromium on a closed network: no sandbox as root, no GPU, and no background connections (they
+# would be refused, many at a time). tools/live_check.py starts Chromium with the same flags.
+ISOLATION_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 SKIPPED_PARTS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
 SKIPPED_PAGES = {"genindex.html"}
 
@@ -74,12 +87,18 @@ JS_MEASURE = """() => {
   for (const el of column.querySelectorAll("*")) {
     if (el.offsetParent === null && el.tagName !== "MJX-CONTAINER") continue;
     if (el.closest("details:not([open])") || el.closest(".toggle-hidden")) continue;
+    if (el.closest("mjx-assistive-mml")) continue;  // MathJax's hidden copy for screen readers
+    // bertviz's model view (a thumbnail per layer and head) scrolls sideways by design
+    if (el.closest('[id^="bertviz-"]') || el.querySelector('[id^="bertviz-"]')) continue;
     const style = getComputedStyle(el);
-    const scrolls = ["auto", "scroll", "hidden"].includes(style.overflowX);
+    // inline boxes (inline math, code spans) wrap with the line; only blocks can be cut
+    const block = !style.display.startsWith("inline") && style.display !== "contents";
+    const scrolls = block && ["auto", "scroll", "hidden"].includes(style.overflowX);
     const box = el.getBoundingClientRect();
     if (box.width === 0) continue;
     const clipped = scrolls && el.scrollWidth > el.clientWidth + 2;
-    const sticksOut = box.right > right + 2 && !el.closest(".js-plotly-plot, .widget-box");
+    const sticksOut = block && box.right > right + 2
+      && !el.closest(".js-plotly-plot, .widget-box");
     if (!clipped && !sticksOut) continue;
     // report the outermost element of a nest once
     if ([...seen].some((s) => s.contains(el))) continue;
@@ -90,14 +109,13 @@ JS_MEASURE = """() => {
   const heatmaps = [];
   for (const gd of document.querySelectorAll(".js-plotly-plot")) {
     (gd.data || []).forEach((trace, i) => {
-      if (trace.type !== "heatmap" || !gd.calcdata || !gd.calcdata[i]) return;
-      const z = trace.z || [];
+      const full = gd._fullData && gd._fullData[i];
+      if (trace.type !== "heatmap" || !full || !gd.calcdata || !gd.calcdata[i]) return;
+      // the data's z (plotly.py may send it base64-encoded: _fullData holds it decoded) against
+      // the z plotly drew after mapping x and y to axis positions
+      const z = full.z || [], drawnZ = gd.calcdata[i][0].z || [];
       const rows = z.length, cols = rows ? z[0].length : 0;
-      const cd = gd.calcdata[i][0];
-      const distinct = (a) => (a ? new Set(Array.from(a).map(Number)).size : 0);
-      // calcdata keeps cell edges (n + 1 values) or centres (n values)
-      const drawnCols = Math.min(cols, distinct(cd.x) - (cd.x && cd.x.length > cols ? 1 : 0));
-      const drawnRows = Math.min(rows, distinct(cd.y) - (cd.y && cd.y.length > rows ? 1 : 0));
+      const drawnRows = drawnZ.length, drawnCols = drawnRows ? drawnZ[0].length : 0;
       heatmaps.push({id: gd.id || (gd.parentElement && gd.parentElement.id) || "",
         trace: i, data: [rows, cols], drawn: [drawnRows, drawnCols]});
     });
@@ -260,9 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-            )
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ISOLATION_FLAGS)
             context = browser.new_context(viewport={"width": args.width, "height": 900})
             for page in pages:
                 results.append(check_page(context, base, page, args.out, args.settle))

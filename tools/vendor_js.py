@@ -44,7 +44,13 @@ PACKAGES: dict[str, tuple[str, str, list[str]]] = {
         ],
     ),
     "requirejs@2.3.7": ("", "", ["require.js"]),
-    "@jupyter-widgets/html-manager@1.0.14": ("dist/", "html-manager/", ["dist/embed-amd.js"]),
+    # the widget manager's Font Awesome files: it loads them from the folder that
+    # window.__jupyter_widgets_assets_path__ names (book/_ext/offline_assets.py sets it)
+    "@jupyter-widgets/html-manager@1.0.14": (
+        "dist/",
+        "html-manager/",
+        ["dist/embed-amd.js", "dist/*.woff2", "dist/*.woff", "dist/*.ttf"],
+    ),
     "mermaid@11.12.1": (
         "dist/",
         "mermaid/",
@@ -102,7 +108,11 @@ def _plotly_js() -> Path:
 def wanted() -> dict:
     import plotly
 
-    return {"npm": sorted(PACKAGES), "plotly": plotly.__version__}
+    # the whole table: a changed glob re-vendors as a changed version does
+    return {
+        "npm": {spec: list(rule) for spec, rule in sorted(PACKAGES.items())},
+        "plotly": plotly.__version__,
+    }
 
 
 def main() -> int:

@@ -4,6 +4,8 @@ The figure functions *return* ``plotly.graph_objects.Figure`` objects; display t
 :func:`utils.plotting.show`.
 
 - :func:`attention_heatmap`, :func:`attention_grid`: one head, or all heads of a layer.
+- :func:`token_heatmap`, :func:`token_axis`: the pieces they are built from, for hand-made figures
+  (a heatmap keyed by position, so repeated tokens cannot merge rows or columns).
 - :func:`plot_curves`: loss / metric curves from a history (a dict of lists).
 - :func:`attention_for_text` + :class:`AttentionExplorer`: type a text, pick layer and head.
 - :func:`head_view`, :func:`model_view`: bertviz views rewritten so that they draw without a CDN.
@@ -87,31 +89,39 @@ def _display_text(token: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _heatmap_trace(
-    weights: np.ndarray, tokens_q: list[str], tokens_k: list[str], **trace_kwargs: Any
+def token_heatmap(
+    weights: Any, tokens_q: Sequence[str], tokens_k: Sequence[str], **trace_kwargs: Any
 ) -> go.Heatmap:
-    """A heatmap over integer positions (duplicate tokens stay distinct) with token hover text."""
+    """A ``[n_q, n_k]`` heatmap keyed by *position*, with the tokens in the hover text.
+
+    Plotly merges equal category labels into one row or column (two "the" tokens, seven
+    ``[PAD]``), so a heatmap with tokens as its x / y values draws fewer cells than its data.
+    Positions cannot repeat; put the tokens on the axes with :func:`token_axis`. Keyword arguments
+    go to ``go.Heatmap`` (a ``hovertemplate`` given there replaces the default).
+    """
+    weights = _to_numpy("weights", weights, ndim=2)
     n_q, n_k = weights.shape
-    shown_q = [_display_text(t) for t in tokens_q]
-    shown_k = [_display_text(t) for t in tokens_k]
+    shown_q = _check_tokens("tokens_q", tokens_q, n_q, "query")
+    shown_k = _check_tokens("tokens_k", tokens_k, n_k, "key")
+    shown_q, shown_k = [_display_text(t) for t in shown_q], [_display_text(t) for t in shown_k]
     # customdata[i, j] = (query token, key token): hover names the tokens, not just positions.
     customdata = np.empty((n_q, n_k, 2), dtype=object)
     customdata[:, :, 0] = np.array(shown_q, dtype=object)[:, None]
     customdata[:, :, 1] = np.array(shown_k, dtype=object)[None, :]
-    return go.Heatmap(
-        z=weights,
-        x=list(range(n_k)),
-        y=list(range(n_q)),
-        customdata=customdata,
-        hovertemplate=(
+    options = {
+        "hovertemplate": (
             "query %{y}: %{customdata[0]}<br>key %{x}: %{customdata[1]}"
             "<br>weight: %{z:.3f}<extra></extra>"
         ),
         **trace_kwargs,
+    }
+    return go.Heatmap(
+        z=weights, x=list(range(n_k)), y=list(range(n_q)), customdata=customdata, **options
     )
 
 
-def _token_axis(tokens: list[str]) -> dict[str, Any]:
+def token_axis(tokens: Sequence[str]) -> dict[str, Any]:
+    """Axis settings that label positions ``0..len(tokens)-1`` with the tokens (repeats kept)."""
     return {
         "tickmode": "array",
         "tickvals": list(range(len(tokens))),
@@ -143,15 +153,15 @@ def attention_heatmap(
     )
     if title is not None and not isinstance(title, str):
         raise TypeError(f"title must be a string or None, got {type(title).__name__}")
-    trace = _heatmap_trace(
+    trace = token_heatmap(
         z, tokens_q, tokens_k, colorscale=colorscale, zmin=zmin, zmax=zmax, colorbar={"title": "w"}
     )
     fig = go.Figure(trace)
     cell = 28 if max(z.shape) <= 24 else 18
     fig.update_layout(
         title=title,
-        xaxis={**_token_axis(tokens_k), "title": "key", "tickangle": -45},
-        yaxis={**_token_axis(tokens_q), "title": "query", "autorange": "reversed"},
+        xaxis={**token_axis(tokens_k), "title": "key", "tickangle": -45},
+        yaxis={**token_axis(tokens_q), "title": "query", "autorange": "reversed"},
         height=int(min(900, max(320, 160 + cell * z.shape[0]))),
         margin={"l": 90, "r": 30, "t": 60 if title else 30, "b": 90},
     )
@@ -188,11 +198,11 @@ def attention_grid(
     )
     for h in range(n_heads):
         row, col = divmod(h, n_cols)
-        trace = _heatmap_trace(w[h], tokens_q, tokens_k, coloraxis="coloraxis")
+        trace = token_heatmap(w[h], tokens_q, tokens_k, coloraxis="coloraxis")
         trace.hovertemplate = f"head {h}<br>" + trace.hovertemplate
         fig.add_trace(trace, row=row + 1, col=col + 1)
-    fig.update_xaxes(**_token_axis(tokens_k), tickangle=-45, tickfont={"size": 9})
-    fig.update_yaxes(**_token_axis(tokens_q), autorange="reversed", tickfont={"size": 9})
+    fig.update_xaxes(**token_axis(tokens_k), tickangle=-45, tickfont={"size": 9})
+    fig.update_yaxes(**token_axis(tokens_q), autorange="reversed", tickfont={"size": 9})
     # Hide the axes of the empty cells in an incomplete last row.
     for cell in range(n_heads, n_rows * n_cols):
         row, col = divmod(cell, n_cols)

@@ -132,3 +132,27 @@ def test_nbval_catches_an_edited_compared_output_but_not_ignored_or_sanitized_on
     result = _nbval(bad)
     assert result.returncode != 0
     assert "1 failed" in result.stdout
+
+
+def test_the_executor_uses_the_shared_data_and_never_the_fallback(tmp_path, monkeypatch):
+    import execute
+
+    from utils import data
+
+    shared = tmp_path / "shared" / "data"
+    shared.mkdir(parents=True)
+    monkeypatch.setattr(execute, "SHARED_DATA", shared)
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(data.NO_FALLBACK_ENV, raising=False)
+    execute.use_real_data()
+    assert data.os.environ[data.DATA_DIR_ENV] == str(shared)
+    assert data.os.environ[data.NO_FALLBACK_ENV] == "1"
+    # a folder chosen by the caller is kept
+    monkeypatch.setenv(data.DATA_DIR_ENV, "/elsewhere")
+    execute.use_real_data()
+    assert data.os.environ[data.DATA_DIR_ENV] == "/elsewhere"
+    # with the fallback off, a missing dataset stops the run instead of using the stand-in corpus
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    with pytest.raises(data.DatasetUnavailable, match="forbids the generated corpus"):
+        data._fallback("WikiText-2")

@@ -27,11 +27,25 @@ import papermill
 from tqdm.auto import tqdm
 
 from utils import provenance
+from utils.data import DATA_DIR_ENV, NO_FALLBACK_ENV
 from utils.nb import PROFILE_ENV, PROFILES
 from utils.plotting import SOURCE_ENV as PLOTLY_SOURCE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def use_real_data() -> None:
+    """Committed outputs come from the real datasets, never from the generated fallback corpus.
+
+    Points the loaders at ``../shared/data`` when it exists and nothing else was chosen (as the
+    Makefile does), and turns the fallback off: a loader that finds no dataset then fails the run
+    instead of filling the page with numbers from the stand-in corpus.
+    """
+    if not os.environ.get(DATA_DIR_ENV) and SHARED_DATA.is_dir():
+        os.environ[DATA_DIR_ENV] = str(SHARED_DATA)
+    os.environ[NO_FALLBACK_ENV] = "1"
 
 
 def _clean(nb: nbformat.NotebookNode) -> None:
@@ -91,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Committed outputs are for the built site, which serves plotly.js itself.
     os.environ[PLOTLY_SOURCE_ENV] = "site"
+    if args.profile == "book":
+        use_real_data()
     failures = []
     for path in tqdm(paths, desc="notebooks", unit="nb"):
         tqdm.write(f"executing {path.name} under profile {args.profile}")

@@ -47,8 +47,11 @@ lint: venv
 unit: venv
 	$(BIN)/pytest tests -q -p no:cacheprovider
 
-# Tests marked slow: loading SmolLM2 (~30 s), running the executor and nbval on tiny notebooks.
-slow: venv
+# Tests marked slow: loading SmolLM2 (~30 s), running the executor and nbval on tiny notebooks,
+# drawing bertviz views offline in Chromium (which needs the vendored d3 and jQuery).
+slow: vendor
+	@test -x /usr/bin/chromium || test "$$(id -u)" != 0 || \
+		(apt-get update -q && apt-get install -y -q chromium)
 	$(BIN)/pytest tests -q -p no:cacheprovider -m slow
 
 # The prepared GPU check (tools/gpu_check.py) in its CPU mode: every check at tiny sizes, in fp32

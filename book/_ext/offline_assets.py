@@ -33,6 +33,8 @@ REQUIRED = [
 # registering an anonymous AMD module, which require.js would reject.
 PLOTLY_PRIORITY = 200
 WIDGETS_SCRIPT = "html-manager/embed-amd.js"
+# The shim must run before require.js and the widget manager (priority 500), as plotly.js does.
+WIDGETS_SHIM_PRIORITY = PLOTLY_PRIORITY
 
 # Runs before the widget manager. MathJax 3 replaces window.MathJax (its config object) with
 # itself when it loads; the accessor gives every value assigned there a Hub.Queue that typesets
@@ -118,7 +120,7 @@ def _page_scripts(app, pagename, templatename, context, doctree):
         return
     names = [str(getattr(s, "filename", s) or "") for s in scripts]
     if any(name.endswith(WIDGETS_SCRIPT) for name in names):
-        app.add_js_file(None, body=WIDGETS_SHIM, priority=PLOTLY_PRIORITY)
+        app.add_js_file(None, body=WIDGETS_SHIM, priority=WIDGETS_SHIM_PRIORITY)
     if "plotly.min.js" in " ".join(names):
         return
     if "llmbook-plotly" in context.get("body", ""):

@@ -418,21 +418,40 @@ def test_bucket_sampler_validation():
 # ----------------------------------------------------------------------------- LM batching
 
 
-def test_batchify_gives_contiguous_columns_and_drops_the_tail():
+def test_batchify_is_batch_first_and_drops_the_tail():
     ids = torch.arange(26)
     source = batchify(ids, 4)
-    assert source.shape == (6, 4) and source.dtype == torch.long
+    assert source.shape == (4, 6) and source.dtype == torch.long
     for b in range(4):
-        torch.testing.assert_close(source[:, b], torch.arange(b * 6, b * 6 + 6))
+        torch.testing.assert_close(source[b], torch.arange(b * 6, b * 6 + 6))
     assert 24 not in source and 25 not in source  # 26 % 4 trailing tokens dropped
-    with pytest.raises(ValueError, match="fewer than batch_size"):
-        batchify(torch.arange(3), 4)
+    # the same stream rule as lm_recipes: each stream needs an input and its next token
+    for short in (torch.arange(3), torch.arange(7)):
+        with pytest.raises(ValueError, match="too few"):
+            batchify(short, 4)
+    assert batchify(torch.arange(8), 4).shape == (4, 2)
     with pytest.raises(TypeError, match="integer"):
         batchify(torch.rand(10), 2)
+    with pytest.raises(TypeError, match="batch_size"):
+        batchify(ids, 2.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        batchify(ids, 0)
+
+
+def test_text_and_lm_recipes_share_one_batchify():
+    from utils import lm_recipes
+
+    assert lm_recipes.batchify is batchify
+    columns = batchify(torch.arange(103), 4)
+    chunks = lm_recipes.eval_chunks(columns, 7)
+    windows = list(iter_bptt(columns, 7))
+    assert len(chunks) == len(windows)
+    for (x, y), (wx, wy) in zip(chunks, windows, strict=True):
+        assert torch.equal(x, wx) and torch.equal(y, wy)
 
 
 def test_get_batch_is_batch_first_and_shifted_by_one():
-    source = batchify(torch.arange(100, 140), 4)  # [10, 4]; column b = 100 + 10b .. 109 + 10b
+    source = batchify(torch.arange(100, 140), 4)  # [4, 10]; row b = 100 + 10b .. 109 + 10b
     x, y = get_batch(source, 2, bptt=3)
     assert x.shape == y.shape == (4, 3)
     for b in range(4):
@@ -442,16 +461,18 @@ def test_get_batch_is_batch_first_and_shifted_by_one():
     # last window is shorter: from i=8 only one next token remains
     x_last, y_last = get_batch(source, 8, bptt=3)
     assert x_last.shape == (4, 1)
-    torch.testing.assert_close(y_last[:, 0], source[9])
+    torch.testing.assert_close(y_last[:, 0], source[:, 9])
     with pytest.raises(ValueError, match="i must satisfy"):
         get_batch(source, 9, bptt=3)
     with pytest.raises(ValueError, match="bptt"):
         get_batch(source, 0, bptt=0)
+    with pytest.raises(ValueError, match=r"\[B, L\]"):
+        get_batch(torch.arange(10), 0, bptt=2)
 
 
 def test_iter_bptt_windows_tile_each_stream():
     stream = torch.randint(0, 50, (103,), generator=torch.Generator().manual_seed(0))
-    source = batchify(stream, 5)  # [20, 5]
+    source = batchify(stream, 5)  # [5, 20]
     windows = list(iter_bptt(source, bptt=6))
     assert [x.shape[1] for x, _ in windows] == [6, 6, 6, 1]  # 19 predictable steps
     xs = torch.cat([x for x, _ in windows], dim=1)

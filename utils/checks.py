@@ -9,15 +9,21 @@ import math
 from typing import Any
 
 
-def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
-    """``value`` must be an ``int >= minimum`` (or ``None`` when ``optional``); ``bool`` is refused."""
+def check_int(name: str, value: Any, minimum: int | None = None, optional: bool = False) -> Any:
+    """Return ``value`` if it is an ``int`` (``>= minimum`` when given; ``None`` when ``optional``).
+
+    The one exception policy of the library: ``TypeError`` for a value of the wrong type
+    (``bool`` is refused although it is an ``int`` subclass: ``steps=True`` is a bug) and
+    ``ValueError`` for an ``int`` out of range.
+    """
     if optional and value is None:
-        return
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         allowed = "an int or None" if optional else "an int"
         raise TypeError(f"{name} must be {allowed}, got {type(value).__name__}: {value!r}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def check_min_int(name: str, value: Any, minimum: int = 1) -> int:

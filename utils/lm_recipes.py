@@ -66,34 +66,18 @@ def word_streams(dataset) -> tuple[text.Vocab, dict[str, torch.Tensor]]:
     return vocab, streams
 
 
-def batchify(stream: torch.Tensor, n_columns: int) -> torch.Tensor:
-    """Cut a 1-D ``stream (N,)`` into ``n_columns`` equal pieces -> ``(n_columns, N // n_columns)``.
-
-    Row ``b`` is the ``b``-th consecutive piece of the text (the tutorial's layout, transposed to
-    batch-first); the last ``N % n_columns`` tokens are dropped.
-    """
-    check_min_int("n_columns", n_columns)
-    if stream.dim() != 1:
-        raise ValueError(f"stream must be 1-D, got shape {tuple(stream.shape)}")
-    length = stream.numel() // n_columns
-    if length < 2:
-        raise ValueError(f"{stream.numel()} tokens are too few for {n_columns} columns")
-    return stream[: n_columns * length].view(n_columns, length)
+# The one batch-first layout of the book: ``text.batchify(stream [N], B) -> [B, N // B]``.
+batchify = text.batchify
 
 
 def eval_chunks(columns: torch.Tensor, context: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Non-overlapping ``(x, y)`` chunks of ``context`` tokens down ``columns (B, L)``.
+    """Non-overlapping ``(x, y)`` chunks of ``context`` tokens down ``columns [B, L]``.
 
-    Every token of every column except the first is a target exactly once, predicted from the
-    tokens before it in its chunk (the tutorial's evaluation). ``x, y``: ``(B, <= context)``.
+    The windows of :func:`utils.text.iter_bptt`, as a list: every token of every column except
+    the first is a target exactly once, predicted from the tokens before it in its chunk (the
+    tutorial's evaluation). ``x, y``: ``[B, <= context]``.
     """
-    check_min_int("context", context)
-    length = columns.shape[1]
-    return [
-        (columns[:, i : i + n], columns[:, i + 1 : i + 1 + n])
-        for i in range(0, length - 1, context)
-        for n in [min(context, length - 1 - i)]
-    ]
+    return list(text.iter_bptt(columns, context))
 
 
 class ContiguousChunks:

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from utils.checks import check_int
+
 __all__ = [
     "BucketBatchSampler",
     "CharTokenizer",
@@ -783,81 +785,74 @@ def _check_integer_tensor(ids: object, name: str) -> torch.Tensor:
 
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Cut one id stream into ``batch_size`` parallel streams, seq-first.
+    """Cut one id stream into ``batch_size`` parallel streams, **batch-first**.
 
-    As in the PyTorch word_language_model tutorial: the trailing ``N % batch_size`` tokens are
-    dropped, the rest is split into ``batch_size`` contiguous pieces, and piece ``b`` becomes
-    column ``b``. So ``out[:, b] == ids[b * T:(b + 1) * T]`` with ``T = N // batch_size``.
+    The PyTorch word_language_model tutorial's ``batchify``, transposed to the layout every
+    model in this book takes: the trailing ``N % batch_size`` tokens are dropped, the rest is
+    split into ``batch_size`` contiguous pieces, and piece ``b`` becomes row ``b``. So
+    ``out[b] == ids[b * L:(b + 1) * L]`` with ``L = N // batch_size``.
 
     Args:
         ids: LongTensor ``[N]``, e.g. from :func:`tokens_to_ids`.
         batch_size: number of parallel streams ``B``.
 
     Returns:
-        LongTensor ``[N // B, B]`` (time first; :func:`get_batch` returns batch-first windows).
+        LongTensor ``[B, N // B]``. Each stream must get at least 2 tokens (one input and its
+        next token), else ``ValueError``.
     """
     _check_integer_tensor(ids, "ids")
     if ids.dim() != 1:
         raise ValueError(f"ids must be 1-D [N], got shape {tuple(ids.shape)}")
-    _check_int(batch_size, "batch_size")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    steps = ids.numel() // batch_size
-    if steps == 0:
+    check_int("batch_size", batch_size, minimum=1)
+    length = ids.numel() // batch_size
+    if length < 2:
         raise ValueError(
-            f"ids has {ids.numel()} tokens, fewer than batch_size={batch_size}; "
-            "every stream would be empty"
+            f"ids has {ids.numel()} tokens, too few for batch_size={batch_size}: every stream "
+            "needs at least 2 (an input and its next token)"
         )
-    return ids[: steps * batch_size].long().view(batch_size, steps).t().contiguous()
+    return ids[: length * batch_size].long().view(batch_size, length)
+
+
+def _check_source(source: object) -> torch.Tensor:
+    _check_integer_tensor(source, "source")
+    if source.dim() != 2:
+        raise ValueError(f"source must be 2-D [B, L] from batchify, got {tuple(source.shape)}")
+    return source
 
 
 def get_batch(source: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The language-model window starting at time step ``i`` of a :func:`batchify` output.
+    """The language-model window starting at position ``i`` of a :func:`batchify` output.
 
     Args:
-        source: LongTensor ``[T_total, B]`` from :func:`batchify`.
-        i: first time step, ``0 <= i < T_total - 1``.
+        source: LongTensor ``[B, L]`` from :func:`batchify`.
+        i: first position, ``0 <= i < L - 1``.
         bptt: window length ``T`` (the last window may be shorter).
 
     Returns:
-        ``(x, y)``, both LongTensor ``[B, T]`` (**batch-first**, unlike the tutorial's seq-first
-        ``data`` and flattened ``target``), with ``y[:, t] == source[i + t + 1]``: the next token
-        after ``x[:, t]``.
+        ``(x, y)``, both LongTensor ``[B, T]`` (views of ``source``), with
+        ``y[:, t] == source[:, i + t + 1]``: the next token after ``x[:, t]``.
     """
-    _check_integer_tensor(source, "source")
-    if source.dim() != 2:
+    _check_source(source)
+    check_int("i", i, minimum=0)
+    check_int("bptt", bptt, minimum=1)
+    length = source.size(1)
+    if i >= length - 1:
         raise ValueError(
-            f"source must be 2-D [T_total, B] from batchify, got {tuple(source.shape)}"
-        )
-    _check_int(i, "i")
-    _check_int(bptt, "bptt")
-    if bptt < 1:
-        raise ValueError(f"bptt must be >= 1, got {bptt}")
-    total = source.size(0)
-    if not 0 <= i < total - 1:
-        raise ValueError(
-            f"i must satisfy 0 <= i < {total - 1} (source has {total} time steps and a window "
+            f"i must satisfy 0 <= i < {length - 1} (source has {length} positions and a window "
             f"needs a next token), got i={i}"
         )
-    seq_len = min(bptt, total - 1 - i)
-    x = source[i : i + seq_len].t().contiguous()
-    y = source[i + 1 : i + 1 + seq_len].t().contiguous()
-    return x, y
+    seq_len = min(bptt, length - 1 - i)
+    return source[:, i : i + seq_len], source[:, i + 1 : i + 1 + seq_len]
 
 
 def iter_bptt(source: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """All :func:`get_batch` windows of ``source`` in order: ``i = 0, bptt, 2 * bptt, ...``.
+    """All :func:`get_batch` windows of ``source [B, L]`` in order: ``i = 0, bptt, 2 * bptt...``.
 
-    Consecutive windows continue each stream where the last one stopped, which is what lets an
-    RNN carry its hidden state across batches.
+    Every position but the first of every stream is a target exactly once, and consecutive
+    windows continue each stream where the last one stopped, which is what lets an RNN carry
+    its hidden state across batches. Each ``(x, y)`` is ``[B, <= bptt]``.
     """
-    _check_integer_tensor(source, "source")
-    if source.dim() != 2:
-        raise ValueError(
-            f"source must be 2-D [T_total, B] from batchify, got {tuple(source.shape)}"
-        )
-    _check_int(bptt, "bptt")
-    if bptt < 1:
-        raise ValueError(f"bptt must be >= 1, got {bptt}")
+    _check_source(source)
+    check_int("bptt", bptt, minimum=1)
     # Validate now, not at the first next(): hand back a generator only once the inputs are good.
-    return (get_batch(source, i, bptt) for i in range(0, source.size(0) - 1, bptt))
+    return (get_batch(source, i, bptt) for i in range(0, source.size(1) - 1, bptt))

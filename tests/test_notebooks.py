@@ -104,7 +104,7 @@ def test_configure_cell_follows_parameters(notebook):
     the parameters cell defines each table entry; this checks the other direction)."""
     _, nb = notebook
     params, third = _code_cells(nb)[1:3]
-    assert third.source.startswith("# NBVAL_IGNORE_OUTPUT")
+    assert "nbval-ignore-output" in _tags(third)
     assert "nb.configure(globals(), KNOBS)" in third.source
     assert "hide-cell" in _tags(third)
     assigned = set(re.findall(r"^([a-z_][a-z0-9_]*) = ", params.source, flags=re.M))
@@ -195,3 +195,32 @@ def test_repository_address_is_the_same_everywhere():
             assert slug == REPO_SLUG, f"{name}: Colab link to {slug}, _config.yml says {REPO_SLUG}"
             found += 1
     assert found >= 2 + len(NOTEBOOKS)  # README, pyproject, one Colab link per chapter
+
+
+def test_nbval_markers_are_tags(notebook):
+    """nbval's markers are cell tags (``nbval-ignore-output``), not comments the reader has to read
+    past in the code."""
+    _, nb = notebook
+    for cell in _code_cells(nb):
+        assert "NBVAL_" not in cell.source, cell.source[:120]
+
+
+def test_glue_calls_out_of_the_readers_way(notebook):
+    """Numbers glued for the prose are stored by cells the site does not show (``remove-cell``);
+    a visible cell keeps a glue call only inside a loop or a branch (where moving it would change
+    what it stores). So a visible cell never has more glue calls than other statements would
+    justify: here, at most one top-level glue statement is left in a visible cell."""
+    import ast
+
+    _, nb = notebook
+    for cell in _code_cells(nb):
+        if "remove-cell" in _tags(cell) or "nb.glue(" not in cell.source:
+            continue
+        top_level = [
+            st
+            for st in ast.parse(cell.source).body
+            if isinstance(st, ast.Expr)
+            and isinstance(st.value, ast.Call)
+            and getattr(st.value.func, "attr", None) == "glue"
+        ]
+        assert not top_level, (cell.get("id"), ast.unparse(top_level[0])[:120])

@@ -109,7 +109,7 @@ class TrainingLoop:
         self.model = ladder_model(shape, args.vocab, args.context)
         self.flops = model_flops(self.model, shape, args)
         optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1
+            optim.decay_groups(self.model, 0.1), lr=1e-3, betas=(0.9, 0.95)
         )
         schedule = optim.warmup_cosine(optimizer, 1, total_steps, min_lr_ratio=0.1)
         config = train.TrainConfig(

@@ -85,7 +85,7 @@ def make_batches(args) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def make_optimizer(model, args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
-        model.parameters(), lr=args.lr, weight_decay=0.1, fused=True if args.fused else None
+        optim.decay_groups(model, 0.1), lr=args.lr, fused=True if args.fused else None
     )
 
 

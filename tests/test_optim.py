@@ -331,3 +331,39 @@ def test_inverse_sqrt_base_lr_is_a_multiplier():
 def test_schedule_arguments_are_validated(make, error):
     with pytest.raises(error):
         make(_sgd())
+
+
+# ----------------------------------------------------------------------------- decay groups
+
+
+def test_decay_groups_decay_matrices_and_embeddings_not_biases_or_gains():
+    from utils import lm_recipes
+    from utils.models import TransformerLM
+
+    model = TransformerLM(vocab_size=11, d_model=8, n_heads=2, n_layers=1, max_len=6)
+    model.blocks[0].ln1.weight.requires_grad_(False)  # a frozen tensor is left out
+    decay, no_decay = optim.decay_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert "token_embedding.weight" in decayed  # embeddings are matrices: decayed
+    assert all(model.get_parameter(n).dim() >= 2 for n in decayed)
+    assert all(n.endswith("bias") or ".ln" in n or n.startswith("ln") for n in kept)
+    assert "blocks.0.ln1.weight" not in decayed | kept
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert decayed | kept == trainable and not decayed & kept  # each parameter once (tied head)
+    # AdamW takes them as they are, and lm_recipes imports this one function
+    torch.optim.AdamW(optim.decay_groups(model, 0.1), lr=1e-3)
+    assert lm_recipes.decay_groups is optim.decay_groups
+
+
+def test_decay_groups_check_their_arguments():
+    with pytest.raises(TypeError, match="nn.Module"):
+        optim.decay_groups([torch.zeros(2, 2)], 0.1)
+    with pytest.raises(ValueError, match="weight_decay"):
+        optim.decay_groups(torch.nn.Linear(2, 2), -0.1)
+    with pytest.raises(TypeError, match="weight_decay"):
+        optim.decay_groups(torch.nn.Linear(2, 2), "0.1")
+    # a model with no bias gets a single group
+    assert len(optim.decay_groups(torch.nn.Linear(2, 2, bias=False), 0.1)) == 1

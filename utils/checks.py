@@ -26,6 +26,38 @@ def check_int(name: str, value: Any, minimum: int | None = None, optional: bool 
     return value
 
 
+def check_number(
+    name: str,
+    value: Any,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    exclusive_minimum: bool = False,
+    allow_inf: bool = False,
+    optional: bool = False,
+) -> Any:
+    """Return ``value`` if it is a real number in range (``None`` when ``optional``).
+
+    Same policy as :func:`check_int`: ``TypeError`` for a value that is not an ``int`` or a
+    ``float`` (``bool`` refused), ``ValueError`` for NaN, for an infinity unless ``allow_inf``,
+    and for a value below ``minimum`` (or equal to it with ``exclusive_minimum``) or above
+    ``maximum``.
+    """
+    if optional and value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        allowed = "a number or None" if optional else "a number"
+        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__}: {value!r}")
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
+        relation = ">" if exclusive_minimum else ">="
+        raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    return value
+
+
 def check_min_int(name: str, value: Any, minimum: int = 1) -> int:
     """Return ``value`` if it is an ``int >= minimum`` (``bool`` refused); else ``ValueError``.
 

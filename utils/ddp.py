@@ -27,6 +27,14 @@ The module is two things at once:
   :func:`single_process_gradients` recomputes the first step's gradients in one process on the
   whole global batch, the reference the DDP gradients must equal.
 
+Why a loop of its own and not :class:`utils.train.Trainer`: this chapter measures what data
+parallelism costs and checks that it changes nothing, so the loop keeps only the parts that
+concern every rank (the sharded batch, the all-reduce, the step) and times each step. It has
+no gradient clipping, schedule, autocast, accumulation or resume, on purpose: each would add
+work to time and state to shard without teaching anything about distribution. What it does
+share with the rest of the book is the model, the loss (:func:`utils.losses.lm_loss`) and the
+AdamW parameter groups (:func:`utils.optim.decay_groups`).
+
 Shapes: B = global batch, b = B / W per rank, T = ``seq_len``, V = vocabulary size.
 """
 
@@ -44,11 +52,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from utils.checkpoint import save_atomically
 from utils.checks import check_min_int
+from utils.losses import lm_loss
 from utils.models import TransformerLM, count_parameters
+from utils.optim import decay_groups
 
 __all__ = [
     "RunConfig",
@@ -233,12 +242,6 @@ def build_model(config: RunConfig, vocab_size: int) -> TransformerLM:
     )
 
 
-def _lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the ``b × T`` targets of ``x, y (b, T)``."""
-    logits = model(x)  # (b, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-
-
 # --------------------------------------------------------------------------------------------
 # The worker (one per rank)
 # --------------------------------------------------------------------------------------------
@@ -310,6 +313,10 @@ def _time_allreduce(n_floats: int, repeats: int, device: torch.device) -> dict[s
 def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
     """Run ``config`` in this process (one rank of a started process group) on ``device``.
 
+    A deliberately minimal loop (see the module docstring for why it is not the
+    :class:`~utils.train.Trainer`): each step takes this rank's ``[b, T]`` shard of the global
+    batch, computes the book's :func:`~utils.losses.lm_loss`, back-propagates (DDP averages the
+    gradients over the ranks) and applies AdamW with :func:`~utils.optim.decay_groups`.
     Returns the results on rank 0 (None on the others); see the module docstring.
     """
     import torch.distributed as dist
@@ -329,9 +336,8 @@ def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
     if config.save_grads and rank == 0:
         init_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     wrapped = _wrap(model, config, device)
-    optimizer = torch.optim.AdamW(
-        wrapped.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    # the book's AdamW groups: decay on matrices and embeddings, none on biases and gains
+    optimizer = torch.optim.AdamW(decay_groups(wrapped, config.weight_decay), lr=config.lr)
 
     losses, grads, batch0, ticks = [], None, None, []
     for step in range(config.steps):
@@ -344,7 +350,7 @@ def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
         if step == 0 and config.save_grads:
             batch0 = (x.clone(), y.clone())
         x, y = shard(x, rank, world).to(device), shard(y, rank, world).to(device)
-        loss = _lm_loss(wrapped, x, y)  # mean over this rank's b x T targets
+        loss = lm_loss(wrapped, (x, y))[0]  # mean over this rank's b x T targets
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP: bucketed all-reduce (average) overlaps the backward pass
         if step == 0 and config.save_grads:  # what every rank holds after the all-reduce
@@ -583,7 +589,7 @@ def single_process_gradients(
     model.load_state_dict(results["init_state"])
     model.to(device)
     x, y = (t.to(device) for t in results["batch0"])
-    _lm_loss(model, x, y).backward()
+    lm_loss(model, (x, y))[0].backward()
     return {n: p.grad.detach().cpu() for n, p in model.named_parameters()}
 
 

@@ -35,7 +35,7 @@ from utils.attention import SinusoidalPositionalEncoding
 from utils.checks import check_min_int
 from utils.losses import evaluate, lm_loss, logits_of
 from utils.models import LSTMLM, TransformerLM, reading_is_free
-from utils.optim import warmup_cosine
+from utils.optim import decay_groups, warmup_cosine  # decay_groups: kept importable here
 from utils.train import TrainConfig, Trainer
 
 # ---------------------------------------------------------------------------------------------
@@ -479,15 +479,6 @@ def seconds_per_step(trainer, batch_at: Callable, steps: int = 8, warmup: int = 
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
-
-
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: weight decay on matrices (dim >= 2), none on biases and norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
 
 
 def seed_recipe(

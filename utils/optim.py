@@ -6,6 +6,9 @@ this step by step), but each ``step()`` is a plain loop over parameters that rea
 equations in its docstring. They are for reading and experimenting; for speed use ``torch.optim``
 (its ``foreach``/``fused`` kernels batch many parameters into one launch).
 
+:func:`decay_groups` splits a model's parameters into the two AdamW groups chapter 4a teaches:
+weight decay on the weight matrices and embeddings, none on biases and normalisation gains.
+
 The schedules (:func:`warmup_cosine`, :func:`step_decay`, :func:`inverse_sqrt`) live here too.
 Each returns a ``torch.optim.lr_scheduler.LambdaLR`` that multiplies every group's *base*
 learning rate by a factor; call ``scheduler.step()`` once per optimizer step (the trainer in
@@ -22,9 +25,48 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["SGD", "Adam", "AdamW", "warmup_cosine", "step_decay", "inverse_sqrt"]
+from utils.checks import check_int, check_number
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "decay_groups",
+    "warmup_cosine",
+    "step_decay",
+    "inverse_sqrt",
+]
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: decay on tensors with ``dim >= 2``, none on the rest.
+
+    Weight decay pulls a weight towards zero; that regularises the weight matrices and the
+    embedding tables (``[out, in]``, ``[vocab, d]``), but a bias or a LayerNorm gain (``[d]``)
+    sets a scale or an offset, and decaying it towards 0 only fights the model (chapter 4a).
+    Only parameters with ``requires_grad`` are included (a frozen part is left out), each once
+    (tied weights are one parameter); an empty group is dropped.
+
+    Args:
+        model: any module.
+        weight_decay: the decay of the matrix group, a number ``>= 0``.
+
+    Returns:
+        ``[{"params": [...], "weight_decay": weight_decay}, {"params": [...],
+        "weight_decay": 0.0}]``, ready for ``torch.optim.AdamW(groups, lr=...)``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_number("weight_decay", weight_decay, minimum=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": float(weight_decay)},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,13 +349,6 @@ def _check_optimizer(optimizer: Any) -> None:
         )
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def warmup_cosine(
     optimizer: torch.optim.Optimizer,
     warmup_steps: int,
@@ -335,8 +370,8 @@ def warmup_cosine(
     warmup_steps`` there is no cosine part. ``total_steps`` is normally the trainer's max_steps.
     """
     _check_optimizer(optimizer)
-    _check_int("warmup_steps", warmup_steps, 0)
-    _check_int("total_steps", total_steps, 1)
+    check_int("warmup_steps", warmup_steps, 0)
+    check_int("total_steps", total_steps, 1)
     if warmup_steps > total_steps:
         raise ValueError(f"warmup_steps ({warmup_steps}) must be <= total_steps ({total_steps})")
     if isinstance(min_lr_ratio, bool) or not isinstance(min_lr_ratio, (int, float)):
@@ -361,7 +396,7 @@ def step_decay(optimizer: torch.optim.Optimizer, step_size: int, gamma: float) -
     The same schedule as ``torch.optim.lr_scheduler.StepLR``, written as a ``LambdaLR``.
     """
     _check_optimizer(optimizer)
-    _check_int("step_size", step_size, 1)
+    check_int("step_size", step_size, 1)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
         raise TypeError(f"gamma must be a number, got {gamma!r}")
     if not gamma > 0:
@@ -383,8 +418,8 @@ def inverse_sqrt(optimizer: torch.optim.Optimizer, d_model: int, warmup_steps: i
     ``lr`` to scale the whole curve.
     """
     _check_optimizer(optimizer)
-    _check_int("d_model", d_model, 1)
-    _check_int("warmup_steps", warmup_steps, 1)
+    check_int("d_model", d_model, 1)
+    check_int("warmup_steps", warmup_steps, 1)
 
     def factor(s: int) -> float:
         n = s + 1

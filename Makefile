@@ -65,7 +65,7 @@ gpu-check-cpu: venv
 
 # Re-executes every chapter under the smoke profile and compares the outputs of compared cells.
 nbval: venv
-	LLMBOOK_PROFILE=smoke LLMBOOK_PLOTLY=site $(BIN)/pytest --nbval notebooks -q -p no:cacheprovider \
+	LLMBOOK_PROFILE=smoke LLMBOOK_PLOTLY=site LLMBOOK_PROGRESS=0 $(BIN)/pytest --nbval notebooks -q -p no:cacheprovider \
 		--nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600
 
 # nbval again on another CPU's arithmetic: compared outputs must be the maths, not this machine's

@@ -26,7 +26,7 @@ import nbformat
 import papermill
 from tqdm.auto import tqdm
 
-from utils import provenance
+from utils import progress, provenance
 from utils.data import DATA_DIR_ENV, NO_FALLBACK_ENV
 from utils.nb import PROFILE_ENV, PROFILES
 from utils.plotting import SOURCE_ENV as PLOTLY_SOURCE_ENV
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Committed outputs are for the built site, which serves plotly.js itself.
     os.environ[PLOTLY_SOURCE_ENV] = "site"
+    # Stored outputs carry no progress bars (utils.progress): they freeze mid-way on the page.
+    os.environ[progress.ENV] = "0"
     if args.profile == "book":
         use_real_data()
     failures = []

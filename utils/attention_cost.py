@@ -342,7 +342,7 @@ def measure(
     lengths = sorted(seq_lens)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import tqdm
 
         bar = tqdm(total=len(lengths) * len(impls), desc="attention cost")
     points = []

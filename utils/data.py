@@ -194,7 +194,7 @@ def cache_dir() -> Path:
 
 def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` atomically (a temporary file, then rename), with a progress bar."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from utils import text
 from utils.attention import SinusoidalPositionalEncoding
@@ -37,6 +36,8 @@ from utils.losses import evaluate, lm_loss, logits_of
 from utils.models import LSTMLM, TransformerLM, reading_is_free
 from utils.optim import decay_groups, warmup_cosine  # decay_groups: kept importable here
 from utils.train import TrainConfig, Trainer
+
+from .progress import tqdm
 
 # ---------------------------------------------------------------------------------------------
 # Data

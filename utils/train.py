@@ -62,7 +62,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from utils.batches import MicroBatchStream, check_reiterable, move_to_device
 from utils.checkpoint import (
@@ -101,6 +100,8 @@ from utils.precision import (
     make_grad_scaler,
     resolve_precision,
 )
+
+from .progress import tqdm
 
 __all__ = [
     "PEAK_FLOPS",

@@ -178,3 +178,12 @@ def test_download_verifies_caches_and_rejects_bad_files(
     with pytest.raises(data.ChecksumError, match=spec.sha256):
         data.load_tiny_shakespeare()
     assert not (data.cache_dir() / "data" / spec.relpath).exists()
+
+
+def test_describe_shows_no_machine_path():
+    ds = data.Dataset("x", {"train": [1, 2, 3]}, "local", "/home/someone/data/x")
+    assert "/home/someone" not in ds.describe()
+    assert "local data folder" in ds.describe()
+    assert data.Dataset("x", {}, "download", "https://example.org/x").describe().startswith(
+        "x from download (https://example.org/x)"
+    )

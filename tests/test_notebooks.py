@@ -224,3 +224,16 @@ def test_glue_calls_out_of_the_readers_way(notebook):
             and getattr(st.value.func, "attr", None) == "glue"
         ]
         assert not top_level, (cell.get("id"), ast.unparse(top_level[0])[:120])
+
+
+MACHINE_PATH = re.compile(r"(?<![\w~.])/(?:work|home|root|tmp|Users|content)/\S+")
+
+
+def test_outputs_show_no_machine_paths(notebook):
+    """Stored outputs are what a reader sees on the site: no path of the machine that ran them."""
+    _, nb = notebook
+    for cell in _code_cells(nb):
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            hit = MACHINE_PATH.search(text)
+            assert hit is None, (cell.get("id"), hit.group(0) if hit else None)

@@ -138,8 +138,14 @@ class Dataset:
         return self.splits[split]
 
     def describe(self) -> str:
+        """One line for the page: what was loaded and from where, without this machine's paths
+        (``location`` keeps the full path for debugging)."""
         sizes = ", ".join(f"{k}: {len(v):,}" for k, v in self.splits.items())
-        return f"{self.name} from {self.source} ({self.location}); sizes {sizes}"
+        where = {
+            "local": f"the local data folder (${DATA_DIR_ENV})",
+            "cache": "the download cache",
+        }.get(self.source, f"{self.source} ({self.location})")
+        return f"{self.name} from {where}; sizes {sizes}"
 
 
 # --------------------------------------------------------------------------- files and checksums

@@ -175,8 +175,44 @@ def test_sample_extends_the_prompt_and_rejects_bad_temperature():
     prompt = torch.tensor([[1, 2, 3]])
     out = R.sample(model, prompt, 12, 1.0, context=8, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 15) and torch.equal(out[:, :3], prompt)
-    with pytest.raises(ValueError, match="temperature"):
-        R.sample(model, prompt, 2, 0.0, context=8, generator=torch.Generator())
+    for temperature in (0.0, float("inf")):  # one rule with decoding: finite and > 0
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            R.sample(model, prompt, 2, temperature, context=8, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("name", ["adaptive transformer", "adaptive lstm", "seed tutorial"])
+def test_decoding_generate_drives_the_recipe_models(name):
+    """The one sampling loop runs the models that have no ``max_len``, given ``context=``,
+    and draws what the tutorial's loop drew: softmax(log-probs / T), one multinomial draw."""
+    from utils import decoding
+    from utils.losses import logits_of
+
+    torch.manual_seed(0)
+    model = {
+        "adaptive transformer": lambda: R.AdaptiveTransformerLM(V, CUTOFFS, 16, 2, 1, max_len=8),
+        "adaptive lstm": lambda: R.AdaptiveLSTMLM(V, CUTOFFS, 16, 1),
+        "seed tutorial": lambda: R.SeedTutorialLM(V, d_model=16, d_ff=16, n_layers=1),
+    }[name]()
+    model.train()
+    prompt = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+    out = decoding.generate(
+        model, prompt, 6, temperature=0.8, context=8, generator=torch.Generator().manual_seed(1)
+    )
+    assert model.training  # its mode is given back
+    assert out.ids.shape == (1, 8 + 6) and out.dropped == 2 and out.note is not None
+
+    model.eval()
+    ids, generator = prompt, torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the loop by hand
+        for _ in range(6):
+            logits = logits_of(model(ids[:, -8:]))[:, -1].float()
+            probs = torch.softmax(logits / 0.8, dim=-1)
+            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], dim=1)
+    assert torch.equal(out.new_ids, ids[:, -6:])
+    with pytest.raises(TypeError, match="context=N"):
+        decoding.generate(model, prompt, 2)  # no max_len and no context: say what to pass
+    with pytest.raises(ValueError, match="context"):
+        decoding.generate(model, prompt, 2, context=0)
 
 
 def test_benchmark_tiny_mode_writes_its_ratio(tmp_path):

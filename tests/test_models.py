@@ -207,6 +207,7 @@ def test_generate_restores_mode_and_validates():
         dict(top_p=0.0),
         dict(top_p=1.1),
         dict(max_new_tokens=-1),
+        dict(temperature=float("inf")),  # the rule of decoding.check_sampling
     ):
         args = dict(max_new_tokens=2)
         args.update(kwargs)

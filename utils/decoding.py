@@ -16,8 +16,10 @@ the argmax (after the penalty; temperature, top-k and top-p do not change an arg
 
 :func:`generate` runs the loop for two kinds of model:
 
-- the book's :class:`~utils.models.TransformerLM` (anything with a ``max_len`` attribute that maps
-  ``ids (B, L)`` to ``logits (B, L, V)``): each step re-reads the last ``max_len`` tokens;
+- the book's models: any module that maps ``ids (B, L)`` to ``logits (B, L, V)`` (or to a tuple
+  whose first element is the logits, as :class:`~utils.models.LSTMLM` returns), given its
+  context length with ``context=``, or read from a ``max_len`` attribute
+  (:class:`~utils.models.TransformerLM`): each step re-reads the last ``context`` tokens;
 - Hugging Face causal LMs (a ``config.max_position_embeddings``): the prompt is read once and the
   keys and values are kept in a cache (the KV cache), so each later step reads one token.
 
@@ -35,6 +37,8 @@ from typing import Any
 
 import torch
 
+from utils.checks import check_int
+from utils.losses import logits_of
 from utils.models import filter_logits
 
 __all__ = [
@@ -100,6 +104,13 @@ def check_sampling(
             f"repetition_penalty must be a finite number > 0 (1 = no penalty, > 1 discourages "
             f"repeats), got {repetition_penalty!r}"
         )
+
+
+def _check_max_new_tokens(max_new_tokens: Any) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
 
 
 def _check_logits(logits: Any) -> None:
@@ -221,7 +232,8 @@ def context_length(model: Any) -> int:
         return length
     raise TypeError(
         f"cannot tell the context length of {type(model).__name__}: expected a 'max_len' "
-        "attribute (the book's TransformerLM) or config.max_position_embeddings (Hugging Face)"
+        "attribute (the book's TransformerLM) or config.max_position_embeddings (Hugging Face); "
+        "for another book model pass generate(..., context=N)"
     )
 
 
@@ -388,16 +400,21 @@ def generate(
     repetition_penalty: float = 1.0,
     stop_ids: Iterable[int] = (),
     generator: torch.Generator | None = None,
+    context: int | None = None,
 ) -> Generation:
     """Extend ``prompt_ids (B, L)`` by up to ``max_new_tokens`` tokens, one :func:`next_tokens`
     step at a time; stops early when every row has produced one of ``stop_ids``.
 
-    The book's models (``model.max_len``) re-read the last ``max_len`` tokens at every step, as
+    The book's models re-read the last ``context`` tokens at every step, as
     :meth:`~utils.models.TransformerLM.generate` does; a longer prompt is cut to its last
-    ``max_len`` tokens. Hugging Face models read the prompt once and then one token per step
-    with their KV cache; prompt and new tokens must then fit in the context together, so the
-    prompt keeps its last ``context - max_new_tokens`` tokens. :attr:`Generation.note` says when
-    anything was cut. The model runs in eval mode and gets its previous mode back afterwards.
+    ``context`` tokens. ``context=`` (an int >= 1) chooses this path for any
+    ``ids (B, L) -> logits (B, L, V)`` module, the LSTM and adaptive-softmax models of
+    :mod:`utils.lm_recipes` included; without it, a model with an integer ``max_len`` takes this
+    path with ``context = max_len``. Any other model is treated as a Hugging Face model: it reads
+    the prompt once and then one token per step with its KV cache; prompt and new tokens must
+    then fit in the context together, so the prompt keeps its last ``context - max_new_tokens``
+    tokens. :attr:`Generation.note` says when anything was cut. The model runs in eval mode and
+    gets its previous mode back afterwards.
     """
     _check_ids(prompt_ids, "prompt_ids")
     if prompt_ids.shape[1] == 0 or prompt_ids.shape[0] == 0:
@@ -405,14 +422,13 @@ def generate(
             "The prompt is empty: give at least one token to continue (for the book's "
             "language model a word of its vocabulary, for a chat model a user message)"
         )
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    _check_max_new_tokens(max_new_tokens)
     check_sampling(temperature, top_k, top_p, repetition_penalty)
+    check_int("context", context, minimum=1, optional=True)
     stop = [int(s) for s in stop_ids]
-    context = context_length(model)
-    cached = _uses_kv_cache(model)
+    cached = context is None and _uses_kv_cache(model)
+    if context is None:
+        context = context_length(model)
     room = context - max_new_tokens if cached else context
     if room < 1:
         raise ValueError(
@@ -443,7 +459,7 @@ def generate(
                 cache = out.past_key_values
                 logits = out.logits[:, -1, :].float()
             else:
-                logits = model(ids[:, -context:])[:, -1, :].float()
+                logits = logits_of(model(ids[:, -context:]))[:, -1, :].float()
             chosen = next_tokens(logits, ids, **settings)  # (B, 1)
             if stop:
                 chosen = torch.where(finished[:, None], chosen.new_full((1, 1), stop[0]), chosen)

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import text
+from utils import decoding, text
 from utils.attention import SinusoidalPositionalEncoding
 from utils.checks import check_min_int
-from utils.losses import evaluate, lm_loss, logits_of
+from utils.losses import evaluate, lm_loss
 from utils.models import LSTMLM, TransformerLM, reading_is_free
 from utils.optim import decay_groups, warmup_cosine  # decay_groups: kept importable here
 from utils.train import TrainConfig, Trainer
@@ -383,23 +383,15 @@ def sample(
     context: int,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Extend ``prompt (1, L0)`` by ``n_new`` sampled ids (last ``context`` ids as input).
+    """Extend ``prompt (1, L0)`` by ``n_new`` sampled ids -> ``(1, L0 + n_new)``.
 
-    ``temperature`` > 0 divides the log-probs before sampling; returns ``(1, L0 + n_new)``.
+    :func:`utils.decoding.generate` with ``context=`` (each step reads the last ``context``
+    ids) and its sampling rules; the whole prompt is kept in the result, on its device.
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    was_training = model.training
-    model.eval()
-    try:
-        ids = prompt
-        for _ in range(n_new):
-            logits = logits_of(model(ids[:, -context:]))[:, -1].float()  # (1, V)
-            probs = torch.softmax(logits / temperature, dim=-1)
-            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], dim=1)
-    finally:
-        model.train(was_training)
-    return ids
+    out = decoding.generate(
+        model, prompt, n_new, temperature=temperature, context=context, generator=generator
+    )
+    return torch.cat([prompt, out.new_ids.to(prompt.device)], dim=1)
 
 
 @dataclass

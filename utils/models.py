@@ -339,25 +339,23 @@ class TransformerLM(nn.Module):
 
         Each step feeds the last ``max_len`` tokens (no KV cache: simple, not fast), divides the
         last position's logits by ``temperature``, applies :func:`filter_logits` and samples with
-        ``generator``; ``greedy=True`` takes the argmax instead. Runs in eval mode (dropout off)
+        ``generator``; ``greedy=True`` takes the argmax instead. The arguments follow the rules
+        of :func:`utils.decoding.check_sampling` (a finite temperature > 0), and the result is
+        the one :func:`utils.decoding.generate` gives for the same settings. Runs in eval mode (dropout off)
         and restores the previous mode afterwards.
         """
+        from utils.decoding import check_sampling  # decoding imports this module
+
         _check_ids(idx, self.vocab_size, max_len=None)  # longer prompts are cropped
         check_min_int("max_new_tokens", max_new_tokens, minimum=0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-        if not temperature > 0:
-            raise ValueError(
-                f"temperature must be > 0 (use greedy=True for argmax), got {temperature}"
-            )
-        _check_top_k_top_p(top_k, top_p)
+        check_sampling(temperature, top_k, top_p)  # the rules of utils.decoding.generate
 
         was_training = self.training
         self.eval()
         try:
             for _ in range(max_new_tokens):
                 context = idx[:, -self.max_len :]
-                logits = self(context)[:, -1, :]  # (B, V)
+                logits = self(context)[:, -1, :].float()  # (B, V); sample in fp32
                 if greedy:
                     next_id = logits.argmax(dim=-1, keepdim=True)
                 else:

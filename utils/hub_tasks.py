@@ -11,7 +11,7 @@ task-specific models instead:
   output text: ``"summarize: ..."`` or ``"translate English to French: ..."``
   (:func:`seq2seq_generate`).
 
-:func:`load_task_model` asks :func:`utils.network.network_available` first: without a network a
+:func:`load_task_model` loads through :func:`utils.pretrained.from_hub`: without a network a
 model that is not in the local cache fails at once with :class:`utils.pretrained.OfflineError`
 and advice, instead of transformers retrying for tens of seconds.
 
@@ -21,13 +21,11 @@ more; the few lines below are what those pipelines did for one input.)
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
-from utils.network import network_available, offline_forced
-from utils.pretrained import OFFLINE_MODELS, SMOLLM2_NAME, OfflineError
+from utils.pretrained import OFFLINE_MODELS, from_hub
 
 __all__ = [
     "TASKS",
@@ -46,21 +44,6 @@ def _auto_class(task: str):
     return {"extractive-qa": AutoModelForQuestionAnswering, "seq2seq": AutoModelForSeq2SeqLM}[task]
 
 
-def _offline_advice(name: str, task: str) -> str:
-    reason = (
-        "LLMBOOK_OFFLINE=1 is set"
-        if offline_forced()
-        else "the Hugging Face hub (huggingface.co) cannot be reached"
-    )
-    return (
-        f"Cannot load {name!r} ({task}): {reason} and the model is not in the local Hugging Face "
-        f"cache. Offline, use the packaged instruct model {SMOLLM2_NAME!r} (the notebook's "
-        "default). To use this model, run the notebook where there is a "
-        f"network (e.g. on Colab), or run `hf download {name}` on a machine with one and copy "
-        "~/.cache/huggingface over."
-    )
-
-
 def load_task_model(name: str, task: str) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a hub model for ``task`` (one of :data:`TASKS`), in eval mode.
 
@@ -75,19 +58,7 @@ def load_task_model(name: str, task: str) -> tuple[Any, Any]:
         raise ValueError(
             f"{name!r} is not a {task} model; load it with utils.pretrained.load_pretrained"
         )
-    online = network_available()
-    if not online:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # effective if the hub is not imported yet
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=not online)
-        model = _auto_class(task).from_pretrained(name, local_files_only=not online)
-    except OSError as error:
-        if online:
-            raise
-        raise OfflineError(_offline_advice(name, task)) from error
-    model.eval()
+    model, tokenizer, _ = from_hub(name, _auto_class(task))
     return model, tokenizer
 
 

@@ -176,7 +176,7 @@ def test_mean_pool_ignores_padding():
     pooled = finetune.mean_pool(hidden, mask)
     torch.testing.assert_close(pooled[0], hidden[0, :2].mean(0))
     torch.testing.assert_close(pooled[1], hidden[1].mean(0))
-    with pytest.raises(ValueError, match="attention_mask"):
+    with pytest.raises(ValueError, match=r"mask \[B, T\]"):
         finetune.mean_pool(hidden, mask[:, :3])
 
 

@@ -431,3 +431,26 @@ def test_flops_estimate_matches_flop_counter(return_attention):
     counted = count(forward)
     assert estimate - counted == tokens * 2 * (kaplan_n - matmul_weights)
     assert 0 < (estimate - counted) / counted < 13 / (12 * d)
+
+
+def test_mean_pool_is_one_function_with_one_all_padding_policy():
+    from utils import finetune, search
+    from utils.models import mean_pool
+
+    assert finetune.mean_pool is mean_pool and search.mean_pool is mean_pool
+    hidden = torch.randn(3, 4, 2)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 1, 0, 1]])
+    pooled = mean_pool(hidden, mask)
+    assert pooled.shape == (3, 2)
+    torch.testing.assert_close(pooled[0], hidden[0, :2].mean(0))
+    torch.testing.assert_close(pooled[2], hidden[2, [1, 3]].mean(0))
+    torch.testing.assert_close(mean_pool(hidden, mask.bool()), pooled)  # bool masks too
+    with pytest.raises(ValueError, match=r"rows \[1\] .*no real token"):
+        mean_pool(hidden, torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match=r"hidden \[B, T, D\]"):
+        mean_pool(hidden[0], mask)
+    # the classifier pools with it, so it has the same policy for an all-padding row
+    model = tiny_classifier("mean").eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="only padding"):
+            model(torch.tensor([[0, 0, 0, 0], [5, 6, 7, 8]]))

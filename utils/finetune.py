@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from utils.batches import move_to_device
 from utils.checks import check_min_int
+from utils.models import mean_pool  # the one masked mean pooling (re-exported here)
 from utils.network import network_available
 from utils.pretrained import MINILM_ALIASES, MINILM_NAME, OfflineError, from_hub
 
@@ -291,20 +292,6 @@ def predict_probs(model: Any, batches: Iterable[Any], device: Any = None) -> tor
         return torch.softmax(m(**inputs).logits.float(), dim=-1)
 
     return _per_row(model, batches, device, "predict_probs", probs)
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden [B, L, d]`` over the real tokens (``attention_mask [B, L]`` = 1) -> ``[B, d]``.
-
-    Padding positions count neither in the sum nor in the divisor.
-    """
-    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
-        raise ValueError(
-            f"expected hidden [B, L, d] and attention_mask [B, L]; got {tuple(hidden.shape)} "
-            f"and {tuple(attention_mask.shape)}"
-        )
-    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, L, 1]
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def sentence_embeddings(

@@ -33,6 +33,7 @@ __all__ = [
     "TransformerClassifier",
     "LSTMLM",
     "filter_logits",
+    "mean_pool",
     "reading_is_free",
     "count_parameters",
     "flops_breakdown",
@@ -84,20 +85,34 @@ def _check_ids(idx: torch.Tensor, vocab_size: int, max_len: int | None) -> None:
         )
 
 
-def _check_no_empty_rows(is_real: torch.Tensor, pad_idx: int) -> None:
-    """Mean pooling needs a real token in every row of ``is_real (B, L)``.
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over positions: ``hidden [B, T, D]``, ``mask [B, T]`` -> ``[B, D]``.
 
-    Checked where reading is free; on an accelerator an all-padding row gets NaN logits
-    instead (0 / 0), and the trainer stops on the NaN loss at its next logging step.
+    ``mask`` is 1 (or True) for a real token and 0 for padding; padding counts neither in the
+    sum nor in the divisor, so a padded text pools to the same vector as the unpadded one.
+    The book's one pooling, used by :class:`TransformerClassifier`, :mod:`utils.finetune` and
+    :mod:`utils.search`.
+
+    A row with no real token has no mean: it raises ``ValueError`` where reading the mask is
+    free (:func:`reading_is_free`). On an accelerator the check would make every call wait for
+    the device, so there such a row gives NaN (0 / 0), which a trainer reports as a NaN loss.
     """
-    if not reading_is_free(is_real):
-        return
-    empty = (~is_real.any(dim=1)).nonzero().flatten()
-    if empty.numel():
+    if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
         raise ValueError(
-            f"rows {empty.tolist()} contain only padding (pad_idx={pad_idx}); "
-            "mean pooling has nothing to average (use pooling='cls' or drop them)"
+            f"expected hidden [B, T, D] and mask [B, T], got {tuple(hidden.shape)} "
+            f"and {tuple(mask.shape)}"
         )
+    weight = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    counts = weight.sum(dim=1)  # [B, 1]
+    if reading_is_free(counts):
+        empty = (counts[:, 0] == 0).nonzero().flatten()
+        if empty.numel():
+            raise ValueError(
+                f"rows {empty.tolist()} of the mask have no real token (only padding): mean "
+                "pooling has nothing to average; drop those rows (or, in "
+                "TransformerClassifier, use pooling='cls')"
+            )
+    return (hidden * weight).sum(dim=1) / counts
 
 
 def init_gpt2_weights(model: nn.Module, n_layers: int) -> None:
@@ -452,8 +467,6 @@ class TransformerClassifier(nn.Module):
             B = idx.shape[0]
             x = torch.cat([self.cls_embedding.expand(B, 1, -1), x], dim=1)  # (B, L + 1, d)
             is_real = torch.cat([is_real.new_ones(B, 1), is_real], dim=1)
-        else:
-            _check_no_empty_rows(is_real, self.pad_idx)  # a real token in every row
         x = self.drop(self.position_embedding(x))
         mask = is_real[:, None, None, :]  # (B, 1, 1, L'): queries may attend real keys only
         attentions = []
@@ -461,11 +474,7 @@ class TransformerClassifier(nn.Module):
             x, weights = block(x, mask=mask, need_weights=return_attention)
             attentions.append(weights)
         x = self.ln_f(x)
-        if self.pooling == "cls":
-            pooled = x[:, 0]
-        else:
-            weight = is_real[..., None].to(x.dtype)  # (B, L, 1)
-            pooled = (x * weight).sum(dim=1) / weight.sum(dim=1)
+        pooled = x[:, 0] if self.pooling == "cls" else mean_pool(x, is_real)  # (B, d)
         logits = self.head(pooled)  # (B, C)
         return (logits, attentions) if return_attention else logits
 

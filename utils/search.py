@@ -22,30 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from utils.checks import check_min_int
+from utils.models import mean_pool  # the one masked mean pooling (re-exported here)
 
 __all__ = ["EmptyQueryError", "SearchHit", "SemanticIndex", "embed_texts", "kmeans", "mean_pool"]
 
 
 class EmptyQueryError(ValueError):
     """A search query with no text: there is nothing to compare the documents with."""
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average of the real tokens' states: ``hidden (N, L, d)``, ``attention_mask (N, L)`` -> ``(N, d)``.
-
-    ``attention_mask`` is 1 for real tokens and 0 for padding; padding never counts. A row
-    without any real token raises ``ValueError`` (its mean is undefined).
-    """
-    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
-        raise ValueError(
-            f"expected hidden (N, L, d) and attention_mask (N, L), got {tuple(hidden.shape)} "
-            f"and {tuple(attention_mask.shape)}"
-        )
-    weight = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (N, L, 1)
-    counts = weight.sum(dim=1)  # (N, 1)
-    if bool((counts == 0).any()):
-        raise ValueError("a row of attention_mask has no real token: nothing to average")
-    return (hidden * weight).sum(dim=1) / counts
 
 
 @torch.no_grad()

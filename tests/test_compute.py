@@ -156,3 +156,48 @@ def test_widget_updates_and_reports_invalid_input():
     assert "Invalid input" not in box.result.value
     box.fields["n_tokens"].value = -3.0
     assert "n_tokens" in box.result.value
+
+
+def test_one_flops_per_token_count_behind_models_metrics_and_attention_flops():
+    from utils import compute, metrics, models
+
+    n, layers, d, ctx, vocab = 10_000, 3, 16, 64, 500
+    for attention in ("kaplan", "dense"):
+        terms = compute.flops_per_token_terms(
+            n, layers, d, ctx, vocab_size=vocab, attention=attention
+        )
+        assert (
+            models.flops_breakdown(n, layers, d, ctx, vocab_size=vocab, attention=attention)
+            == terms
+        )
+        assert models.flops_per_token(n, layers, d, ctx, attention=attention) == (
+            compute.flops_per_token(n, layers, d, ctx, attention=attention)
+        )
+        # the trainer's helper and compute's totals over D tokens are the same count
+        per_token = metrics.training_flops_per_token(n, layers, d, ctx, attention=attention)
+        assert per_token == compute.flops_per_token(n, layers, d, ctx, attention=attention)
+        causal = attention == "kaplan"
+        assert per_token * 7 == training_flops(n, 7) + attention_flops(layers, ctx, d, 7, causal)
+    kaplan = compute.flops_per_token_terms(n, layers, d, ctx)
+    assert kaplan["attention"] == 2 * layers * ctx * d and kaplan["lm_head"] == 0
+    with pytest.raises(ValueError, match="attention"):
+        compute.flops_per_token(n, layers, d, ctx, attention="sparse")
+    with pytest.raises(TypeError, match="n_layers"):
+        compute.flops_per_token(n, 2.0, d, ctx)
+
+
+def test_training_memory_bytes_shards_by_zero_stage():
+    from utils import ddp
+
+    assert training_memory_bytes(1e9, stage=0, n_devices=8) == 16e9
+    assert training_memory_bytes(1e9, stage=1, n_devices=8) == 1e9 * (4 + 12 / 8)
+    assert training_memory_bytes(1e9, stage=2, n_devices=8) == 1e9 * (2 + 14 / 8)
+    assert training_memory_bytes(1e9, stage=3, n_devices=8) == 1e9 * 16 / 8
+    for stage in range(4):
+        assert ddp.zero_bytes_per_device(7.5e9, 64, stage) == training_memory_bytes(
+            7.5e9, stage=stage, n_devices=64
+        )
+    with pytest.raises(ValueError, match="stage"):
+        training_memory_bytes(1e9, stage=4)
+    with pytest.raises(ValueError, match="bytes_per_param"):
+        training_memory_bytes(1e9, 16, stage=1, n_devices=2)

@@ -223,7 +223,11 @@ def test_peak_flops_lookup():
     assert train.peak_flops_for("NVIDIA A10G") is None  # not "A10", not "A100"
     assert train.peak_flops_for("Tesla V100-PCIE-16GB") == 112e12
     assert train.peak_flops_for("Some Laptop GPU") is None
-    assert train.training_flops_per_token(1000, n_layers=2, d_model=8, seq_len=16) == 6000 + 3072
+    # the book's convention (Kaplan: the causal half of the scores), and the dense count
+    assert train.training_flops_per_token(1000, n_layers=2, d_model=8, seq_len=16) == 6000 + 1536
+    dense = train.training_flops_per_token(1000, 2, 8, 16, attention="dense")
+    assert dense == 6000 + 3072
+    assert train.training_flops_per_token(1000) == 6000
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,13 +6,16 @@
 - :func:`training_flops`: ``C ≈ 6·N·D`` (Kaplan et al. 2020): a forward pass costs about 2 FLOPs
   per parameter per token (a multiply and an add), the backward pass twice that.
 - :func:`attention_flops`: the attention term that ``6·N·D`` leaves out.
+- :func:`flops_per_token` / :func:`flops_per_token_terms`: the book's one FLOPs-per-token count
+  of a decoder (weights, attention with ``attention="kaplan"|"dense"``, LM head), the count that
+  :func:`utils.models.flops_per_token` and :func:`utils.metrics.training_flops_per_token` give.
 - :func:`accelerator_hours`, :func:`wall_clock_days`, :func:`estimate_training_cost`: from FLOPs
   to time, given an accelerator's peak FLOP/s and the fraction of it a run achieves (model FLOPs
   utilisation, MFU).
 - :func:`chinchilla_optimal`: the compute-optimal split of a budget at ~20 tokens per parameter
   (Hoffmann et al. 2022).
 - :func:`training_memory_bytes`: ~16 bytes per parameter for mixed-precision AdamW (Rajbhandari
-  et al. 2020), before activations.
+  et al. 2020), before activations, and per device under ZeRO stage 0-3.
 - :func:`cost_calculator`: an ipywidgets form around :func:`estimate_training_cost`.
 
 Every public function checks its arguments: numbers must be real, finite and positive
@@ -24,6 +27,8 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+
+from utils.checks import check_int
 
 SECONDS_PER_HOUR = 3600.0
 SECONDS_PER_DAY = 86400.0
@@ -224,8 +229,83 @@ def attention_flops(
     n_tokens = _positive("n_tokens", n_tokens)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be True or False, got {causal!r}")
-    per_token = (6.0 if causal else 12.0) * n_layers * context_length * d_model
+    # 3 x the forward attention term of flops_per_token_terms (kaplan = the causal half)
+    per_token = 3.0 * (2.0 if causal else 4.0) * n_layers * context_length * d_model
     return per_token * n_tokens
+
+
+ATTENTION_CONVENTIONS = ("kaplan", "dense")
+
+
+def flops_per_token_terms(
+    n_params: int,
+    n_layers: int,
+    d_model: int,
+    context_len: int,
+    training: bool = True,
+    *,
+    vocab_size: int | None = None,
+    attention: str = "kaplan",
+) -> dict[str, float]:
+    """Per-token FLOPs of a decoder Transformer, term by term: the book's one FLOPs count.
+
+    A matrix multiply ``(n, a) @ (a, b)`` costs ``2·n·a·b`` FLOPs (a multiply and an add), so
+    every weight that multiplies a token's activation costs 2 FLOPs per token:
+
+    - ``"weights"``: ``2 · n_params`` (Kaplan et al. 2020, Table 1: N without embeddings).
+    - ``"attention"``: the scores ``q kᵀ`` and ``weights @ v``, per token and layer
+      ``2·context_len·d_model`` with ``attention="kaplan"`` (the causal half of the scores, as
+      Kaplan's table counts) or ``4·context_len·d_model`` with ``attention="dense"`` (the full
+      ``L x L`` matrix that an implementation computes and then masks; PaLM's 12·L·d·T for a
+      training step).
+    - ``"lm_head"``: ``2·d_model·vocab_size`` when ``vocab_size`` is given (Kaplan's N leaves
+      out the tied output layer).
+    - Not counted: embedding look-ups, LayerNorm, GELU, softmax, residual additions (O(d)).
+
+    ``"forward"`` is the sum; ``"total"`` is ``3 x forward`` when ``training`` (the backward
+    pass does two matmuls per forward matmul), else ``forward``. ``attention_flops`` and
+    ``training_flops`` are the same count over ``n_tokens``.
+    """
+    check_int("n_params", n_params, minimum=0)
+    for name, value in (("n_layers", n_layers), ("d_model", d_model), ("context_len", context_len)):
+        check_int(name, value, minimum=1)
+    check_int("vocab_size", vocab_size, minimum=1, optional=True)
+    if attention not in ATTENTION_CONVENTIONS:
+        raise ValueError(f"attention must be 'kaplan' or 'dense', got {attention!r}")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False, got {training!r}")
+    per_layer_attention = (2 if attention == "kaplan" else 4) * context_len * d_model
+    terms = {
+        "weights": 2.0 * n_params,
+        "attention": float(n_layers * per_layer_attention),
+        "lm_head": 0.0 if vocab_size is None else 2.0 * d_model * vocab_size,
+    }
+    terms["forward"] = terms["weights"] + terms["attention"] + terms["lm_head"]
+    terms["total"] = 3.0 * terms["forward"] if training else terms["forward"]
+    return terms
+
+
+def flops_per_token(
+    n_params: int,
+    n_layers: int,
+    d_model: int,
+    context_len: int,
+    training: bool = True,
+    *,
+    vocab_size: int | None = None,
+    attention: str = "kaplan",
+) -> float:
+    """``flops_per_token_terms(...)["total"]``: ``3 x (2N + 2·n_layers·n_ctx·d_model)`` by
+    default (≈ 6N per trained token, Kaplan et al. 2020)."""
+    return flops_per_token_terms(
+        n_params,
+        n_layers,
+        d_model,
+        context_len,
+        training,
+        vocab_size=vocab_size,
+        attention=attention,
+    )["total"]
 
 
 def tokens_per_parameter(n_params: float, n_tokens: float) -> float:
@@ -342,12 +422,46 @@ MIXED_PRECISION_ADAMW_BYTES: dict[str, int] = {
 }
 
 
+ZERO_STAGES = (0, 1, 2, 3)
+
+
 def training_memory_bytes(
-    n_params: float, bytes_per_param: float = sum(MIXED_PRECISION_ADAMW_BYTES.values())
+    n_params: float,
+    bytes_per_param: float | None = None,
+    *,
+    stage: int = 0,
+    n_devices: int = 1,
+    weight_bytes: float = 2,
+    grad_bytes: float = 2,
+    optimizer_bytes: float = 12,
 ) -> float:
-    """Bytes of weights + gradients + optimizer state: ``n_params × bytes_per_param`` (16 by
-    default, see :data:`MIXED_PRECISION_ADAMW_BYTES`). Activations are not included."""
-    return _positive("n_params", n_params) * _positive("bytes_per_param", bytes_per_param)
+    """Bytes of weights + gradients + optimizer state per device. Activations are not included.
+
+    By default ``n_params x 16`` (:data:`MIXED_PRECISION_ADAMW_BYTES`: 2-byte weights, 2-byte
+    gradients, ``optimizer_bytes`` = 12 of fp32 master weights and Adam moments), all on one
+    device. ``stage`` shards them over ``n_devices`` as ZeRO does (Rajbhandari et al. 2020):
+    stage 0 is plain data parallelism (everything replicated), stage 1 shards the optimizer
+    state, stage 2 also the gradients, stage 3 (FSDP's full sharding) also the weights.
+    ``bytes_per_param`` replaces the split by one total, which can only be replicated.
+    """
+    n_params = _positive("n_params", n_params)
+    if isinstance(stage, bool) or stage not in ZERO_STAGES:
+        raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")
+    check_int("n_devices", n_devices, minimum=1)
+    if bytes_per_param is not None:
+        if stage:
+            raise ValueError(
+                "bytes_per_param is one total with no split into weights, gradients and "
+                "optimizer state; for stage > 0 give weight_bytes, grad_bytes, optimizer_bytes"
+            )
+        return n_params * _positive("bytes_per_param", bytes_per_param)
+    parts = [
+        _positive("weight_bytes", weight_bytes),
+        _positive("grad_bytes", grad_bytes),
+        _positive("optimizer_bytes", optimizer_bytes),
+    ]
+    replicated, sharded = parts[: 3 - stage], parts[3 - stage :]  # stage s shards the last s
+    return n_params * (sum(replicated) + sum(sharded) / n_devices)
 
 
 # ------------------------------------------------------------------------------ formatting

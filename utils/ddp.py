@@ -55,6 +55,7 @@ import torch
 
 from utils.checkpoint import save_atomically
 from utils.checks import check_min_int
+from utils.compute import training_memory_bytes
 from utils.losses import lm_loss
 from utils.models import TransformerLM, count_parameters
 from utils.optim import decay_groups
@@ -608,21 +609,20 @@ def zero_bytes_per_device(
 ) -> float:
     """Bytes of weights + gradients + optimizer state per device under ZeRO ``stage``.
 
-    Mixed-precision Adam keeps, per parameter, 2-byte weights and gradients and
-    ``optimizer_bytes`` = 12 of fp32 state (master weights, two moments). Stage 0 is plain data
-    parallelism (everything replicated); stage 1 shards the optimizer state over the
-    ``n_devices``; stage 2 also the gradients; stage 3 (FSDP's full sharding) also the weights.
-    Activations and temporary buffers are not included.
+    :func:`utils.compute.training_memory_bytes` with ``stage`` and ``n_devices``: mixed-precision
+    Adam keeps, per parameter, 2-byte weights and gradients and ``optimizer_bytes`` = 12 of fp32
+    state (master weights, two moments). Stage 0 is plain data parallelism (everything
+    replicated); stage 1 shards the optimizer state over the ``n_devices``; stage 2 also the
+    gradients; stage 3 (FSDP's full sharding) also the weights. Activations are not included.
     """
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")
-    check_min_int("n_devices", n_devices)
-    if not n_params > 0:
-        raise ValueError(f"n_params must be > 0, got {n_params!r}")
-    parts = [weight_bytes, grad_bytes, optimizer_bytes]
-    replicated, sharded = parts[: 3 - stage], parts[3 - stage :]  # stage s shards the last s
-    per_param = sum(replicated) + sum(sharded) / n_devices
-    return n_params * per_param
+    return training_memory_bytes(
+        n_params,
+        stage=stage,
+        n_devices=n_devices,
+        weight_bytes=weight_bytes,
+        grad_bytes=grad_bytes,
+        optimizer_bytes=optimizer_bytes,
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from utils import compute
 from utils.checks import check_int
 
 # Dense (no structured sparsity) tensor-core peaks in FLOP/s at 16-bit precision: bf16 where the
@@ -62,23 +63,29 @@ def peak_flops_for(device_name: str) -> float | None:
 
 
 def training_flops_per_token(
-    n_params: int, n_layers: int = 0, d_model: int = 0, seq_len: int = 0
+    n_params: int,
+    n_layers: int = 0,
+    d_model: int = 0,
+    seq_len: int = 0,
+    *,
+    attention: str = "kaplan",
 ) -> float:
-    """Approximate training FLOPs per token: ``6 N + 12 L d T`` (Kaplan et al. 2020; PaLM, app. B).
+    """Training FLOPs per token for ``TrainConfig(flops_per_token=...)``: ``6 N`` + attention.
 
     ``6 N``: 2 FLOPs per parameter per token for the forward pass (a multiply and an add) and
-    twice that for the backward pass. ``12 L d T``: the attention scores and the weighted sum of
-    values, which grow with the context length ``T`` (leave ``n_layers`` at 0 to ignore them).
-    Use ``N`` without the embedding matrix if it is not tied to the output layer.
+    twice that for the backward pass. The attention term grows with the context length ``T``:
+    ``6 L d T`` with ``attention="kaplan"`` (the book's convention, Kaplan et al. 2020) or
+    ``12 L d T`` with ``"dense"`` (PaLM, app. B); leave ``n_layers`` (or ``d_model``,
+    ``seq_len``) at 0 to leave it out. The count is :func:`utils.compute.flops_per_token`, so
+    the MFU a run reports is the one the book prints. Use ``N`` without the embedding matrix
+    if it is tied to the output layer.
     """
-    for name, value in (
-        ("n_params", n_params),
-        ("n_layers", n_layers),
-        ("d_model", d_model),
-        ("seq_len", seq_len),
-    ):
-        check_int(name, value, 0)
-    return 6.0 * n_params + 12.0 * n_layers * d_model * seq_len
+    check_int("n_params", n_params, minimum=0)
+    for name, value in (("n_layers", n_layers), ("d_model", d_model), ("seq_len", seq_len)):
+        check_int(name, value, minimum=0)
+    if 0 in (n_layers, d_model, seq_len):
+        return 6.0 * n_params  # the attention term left out
+    return compute.flops_per_token(n_params, n_layers, d_model, seq_len, attention=attention)
 
 
 class NonFiniteLossError(RuntimeError):

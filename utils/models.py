@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils import compute
 from utils.attention import (
     LearnedPositionalEmbedding,
     MultiHeadAttention,
@@ -619,48 +620,21 @@ def flops_breakdown(
 ) -> dict[str, float]:
     """Per-token FLOPs of a decoder Transformer, term by term (Kaplan et al. 2020, Table 1).
 
-    A matrix multiply ``(n, a) @ (a, b)`` costs ``2·n·a·b`` FLOPs (a multiply and an add), so
-    every weight that multiplies a token's activation costs 2 FLOPs per token:
-
-    - ``"weights"``: ``2 · n_params``. Kaplan's N counts the block weights (q/k/v/out and MLP,
-      ``12·n_layers·d_model²`` when ``d_ff = 4·d_model``); if N also holds biases and LayerNorm
-      gains (as ``count_parameters(model, exclude="embedding")`` does), those ``2·N`` FLOPs are
-      an overestimate by ``2·(#biases + #LN)``, a few percent for tiny models, negligible at scale.
-    - ``"attention"``: the scores ``q kᵀ`` and ``weights @ v``. Kaplan's table lists
-      ``2·n_layers·context_len·d_model`` (``attention="kaplan"``). An implementation that
-      computes the full ``L x L`` score matrix does ``2·L·d`` for ``q kᵀ`` plus ``2·L·d`` for
-      ``weights @ v`` per token and layer, i.e. twice that (``attention="dense"``); Kaplan's
-      figure equals the dense one if only the causal half of the scores is counted.
-    - ``"lm_head"``: ``2·d_model·vocab_size``, the output projection (included only when
-      ``vocab_size`` is given). Kaplan's N excludes embeddings, and with tied weights the head is
-      the embedding matrix, so ``C_forward = 2N + 2·n_layers·n_ctx·d_model`` leaves it out.
-    - Not counted at all: embedding look-ups, LayerNorm, GELU, softmax, residual additions
-      (O(d) per token, as in Kaplan's estimate and in ``torch.utils.flop_counter``).
-
-    ``"forward"`` is the sum; ``"total"`` is ``3 x forward`` when ``training`` (the backward
-    pass does two matmuls per forward matmul: gradients for the input and for the weight),
-    else ``forward``.
+    :func:`utils.compute.flops_per_token_terms`, the book's one count: ``"weights"`` ``2N``
+    (if N holds biases and LayerNorm gains, as ``count_parameters(model, exclude="embedding")``
+    does, an overestimate by a few percent for tiny models), ``"attention"`` ``2·L·n_ctx·d``
+    (``"kaplan"``, the causal half) or twice that (``"dense"``), ``"lm_head"`` ``2·d·V`` when
+    ``vocab_size`` is given; ``"forward"`` their sum, ``"total"`` 3 x forward when training.
     """
-    for name, value in (
-        ("n_params", n_params),
-        ("n_layers", n_layers),
-        ("d_model", d_model),
-        ("context_len", context_len),
-    ):
-        check_min_int(name, value, minimum=0 if name == "n_params" else 1)
-    if vocab_size is not None:
-        check_min_int("vocab_size", vocab_size)
-    if attention not in ("kaplan", "dense"):
-        raise ValueError(f"attention must be 'kaplan' or 'dense', got {attention!r}")
-    per_layer_attention = (2 if attention == "kaplan" else 4) * context_len * d_model
-    terms = {
-        "weights": 2.0 * n_params,
-        "attention": float(n_layers * per_layer_attention),
-        "lm_head": 0.0 if vocab_size is None else 2.0 * d_model * vocab_size,
-    }
-    terms["forward"] = terms["weights"] + terms["attention"] + terms["lm_head"]
-    terms["total"] = 3.0 * terms["forward"] if training else terms["forward"]
-    return terms
+    return compute.flops_per_token_terms(
+        n_params,
+        n_layers,
+        d_model,
+        context_len,
+        training,
+        vocab_size=vocab_size,
+        attention=attention,
+    )
 
 
 def flops_per_token(
@@ -674,10 +648,10 @@ def flops_per_token(
     attention: str = "kaplan",
 ) -> float:
     """Kaplan et al.'s compute per token: ``C_forward ≈ 2N + 2·n_layers·n_ctx·d_model``, and
-    ``≈ 3 x C_forward`` (≈ 6N) for a training step. See :func:`flops_breakdown` for the terms
-    and for the ``vocab_size`` (add the LM head) and ``attention`` ("kaplan"/"dense") options.
+    ``≈ 3 x C_forward`` (≈ 6N) for a training step (:func:`utils.compute.flops_per_token`).
+    See :func:`flops_breakdown` for the terms and options.
     """
-    return flops_breakdown(
+    return compute.flops_per_token(
         n_params,
         n_layers,
         d_model,
@@ -685,4 +659,4 @@ def flops_per_token(
         training,
         vocab_size=vocab_size,
         attention=attention,
-    )["total"]
+    )

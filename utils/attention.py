@@ -257,6 +257,35 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
 
+    def _check_inputs(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> None:
+        """Shapes of :meth:`forward`'s arguments, checked before any work (shapes are free)."""
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[-1] != self.d_model:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name} must have shape (B, L, {self.d_model}), got {shape}")
+        if key.shape != value.shape:
+            raise ValueError(
+                f"key and value must have the same shape, got {tuple(key.shape)} and "
+                f"{tuple(value.shape)}"
+            )
+        if query.shape[0] != key.shape[0]:
+            raise ValueError(
+                f"query and key must have the same batch size, got {query.shape[0]} and "
+                f"{key.shape[0]}"
+            )
+        (B, L_q, _), L_k = query.shape, key.shape[1]
+        if is_causal and L_q != L_k:
+            raise ValueError(f"is_causal=True needs L_q == L_k, got L_q={L_q}, L_k={L_k}")
+        if mask is not None:
+            _check_mask(mask, torch.Size((B, self.n_heads, L_q, L_k)))
+
     def forward(
         self,
         query: torch.Tensor,
@@ -277,24 +306,8 @@ class MultiHeadAttention(nn.Module):
         Returns:
             ``(output (B, L_q, d_model), weights (B, H, L_q, L_k) or None)``.
         """
-        for name, t in (("query", query), ("key", key), ("value", value)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[-1] != self.d_model:
-                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"{name} must have shape (B, L, {self.d_model}), got {shape}")
-        if key.shape != value.shape:
-            raise ValueError(
-                f"key and value must have the same shape, got {tuple(key.shape)} and "
-                f"{tuple(value.shape)}"
-            )
-        if query.shape[0] != key.shape[0]:
-            raise ValueError(
-                f"query and key must have the same batch size, got {query.shape[0]} and "
-                f"{key.shape[0]}"
-            )
+        self._check_inputs(query, key, value, mask, is_causal)
         B, L_q, _ = query.shape
-        L_k = key.shape[1]
-        if is_causal and L_q != L_k:
-            raise ValueError(f"is_causal=True needs L_q == L_k, got L_q={L_q}, L_k={L_k}")
 
         q = self._split_heads(self.q_proj(query))  # (B, H, L_q, head_dim)
         k = self._split_heads(self.k_proj(key))  # (B, H, L_k, head_dim)
@@ -302,9 +315,6 @@ class MultiHeadAttention(nn.Module):
         if self.rotary is not None:
             q, k = self.rotary.apply_rotary(q, k)
 
-        scores_shape = torch.Size((B, self.n_heads, L_q, L_k))
-        if mask is not None:
-            _check_mask(mask, scores_shape)
         dropout_p = self.dropout if self.training else 0.0
 
         if is_causal and (need_weights or mask is not None):

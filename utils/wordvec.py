@@ -71,6 +71,17 @@ def _check_counts(counts) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_sgns_shapes(center: torch.Tensor, context: torch.Tensor, noise: torch.Tensor) -> None:
+    if center.dim() != 2 or context.shape != center.shape:
+        raise ValueError(
+            f"center and context must both be (B, d); got {tuple(center.shape)} and "
+            f"{tuple(context.shape)}"
+        )
+    B, d = center.shape
+    if noise.dim() != 3 or noise.shape[0] != B or noise.shape[2] != d:
+        raise ValueError(f"noise must be (B, K, d) = ({B}, K, {d}), got {tuple(noise.shape)}")
+
+
 def sgns_loss(center: torch.Tensor, context: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Per-pair SGNS loss ``−log σ(u_o·v_c) − Σ_k log σ(−u_k·v_c)``.
 
@@ -82,16 +93,7 @@ def sgns_loss(center: torch.Tensor, context: torch.Tensor, noise: torch.Tensor) 
     Returns:
         ``(B,)`` losses (average them for a batch loss).
     """
-    if center.dim() != 2 or context.shape != center.shape:
-        raise ValueError(
-            f"center and context must both be (B, d); got {tuple(center.shape)} and "
-            f"{tuple(context.shape)}"
-        )
-    if noise.dim() != 3 or noise.shape[0] != center.shape[0] or noise.shape[2] != center.shape[1]:
-        raise ValueError(
-            f"noise must be (B, K, d) = ({center.shape[0]}, K, {center.shape[1]}), "
-            f"got {tuple(noise.shape)}"
-        )
+    _check_sgns_shapes(center, context, noise)
     positive = (context * center).sum(-1)  # (B,)  u_o · v_c
     negative = torch.bmm(noise, center.unsqueeze(-1)).squeeze(-1)  # (B, K)  u_k · v_c
     return -F.logsigmoid(positive) - F.logsigmoid(-negative).sum(-1)

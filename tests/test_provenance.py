@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _nb(*sources):
-    cells = [new_markdown_cell("# T")] + [new_code_cell(s) for s in sources or ("x = 1",)]
+    cells = [new_markdown_cell("# T")] + [
+        new_code_cell(s) for s in sources or ("x = 1",)
+    ]
     return new_notebook(cells=cells)
 
 
@@ -24,7 +26,9 @@ def fake_utils(tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text('"""fake"""\n')
     (pkg / "a.py").write_text("from . import b\n\nA = b.B\n")
-    (pkg / "b.py").write_text("def f():\n    from utils.c import C\n    return C\n\nB = 1\n")
+    (pkg / "b.py").write_text(
+        "def f():\n    from utils.c import C\n    return C\n\nB = 1\n"
+    )
     (pkg / "c.py").write_text("C = 2\n")
     (pkg / "d.py").write_text("D = 3\n")
     return pkg
@@ -35,7 +39,9 @@ def test_code_hash_ignores_markdown_outputs_and_injected_cells():
     h = provenance.code_hash(nb)
     nb.cells[0].source = "# Another title"
     nb.cells[2].outputs = [nbformat.v4.new_output("stream", text="1\n")]
-    injected = new_code_cell("profile = 'smoke'", metadata={"tags": ["injected-parameters"]})
+    injected = new_code_cell(
+        "profile = 'smoke'", metadata={"tags": ["injected-parameters"]}
+    )
     nb.cells.insert(2, injected)
     assert provenance.code_hash(nb) == h
     nb.cells[1].source = "x = 2"
@@ -43,17 +49,28 @@ def test_code_hash_ignores_markdown_outputs_and_injected_cells():
 
 
 def test_dependencies_are_followed_transitively(fake_utils):
-    deps = provenance.utils_dependencies(["%time x = 1\nfrom utils import a"], fake_utils)
+    deps = provenance.utils_dependencies(
+        ["%time x = 1\nfrom utils import a"], fake_utils
+    )
     # utils.a directly; b through a (relative import); c through b (import inside a function).
-    assert deps == {"utils.a": None, "utils": None, "utils.b": "utils.a", "utils.c": "utils.b"}
+    assert deps == {
+        "utils.a": None,
+        "utils": None,
+        "utils.b": "utils.a",
+        "utils.c": "utils.b",
+    }
     assert provenance.utils_dependencies(["import os\nimport utilsx"], fake_utils) == {}
-    deps = provenance.utils_dependencies(["import utils.d\nfrom utils.c import C"], fake_utils)
+    deps = provenance.utils_dependencies(
+        ["import utils.d\nfrom utils.c import C"], fake_utils
+    )
     assert set(deps) == {"utils", "utils.c", "utils.d"}
 
 
 def test_editing_an_unused_module_keeps_the_notebook_fresh(fake_utils):
     nb = _nb("from utils.a import A\nprint(A)")
-    nb.metadata[provenance.METADATA_KEY] = provenance.record(nb, "book", 1.0, fake_utils)
+    nb.metadata[provenance.METADATA_KEY] = provenance.record(
+        nb, "book", 1.0, fake_utils
+    )
     assert set(nb.metadata[provenance.METADATA_KEY]["utils_modules"]) == {
         "utils/__init__.py",
         "utils/a.py",
@@ -75,9 +92,11 @@ def test_editing_an_unused_module_keeps_the_notebook_fresh(fake_utils):
 )
 def test_editing_a_used_module_names_it(fake_utils, edited, how):
     nb = _nb("from utils.a import A\nprint(A)")
-    nb.metadata[provenance.METADATA_KEY] = provenance.record(nb, "book", 1.0, fake_utils)
+    nb.metadata[provenance.METADATA_KEY] = provenance.record(
+        nb, "book", 1.0, fake_utils
+    )
     with (fake_utils / f"{edited}.py").open("a") as f:
-        f.write("# edited\n")
+        f.write("EDITED = True\n")
     assert provenance.staleness(nb, fake_utils) == [
         f"utils.{edited} (utils/{edited}.py, {how}) changed since the outputs were produced"
     ]
@@ -86,30 +105,75 @@ def test_editing_a_used_module_names_it(fake_utils, edited, how):
 def test_staleness_reports_each_reason(fake_utils):
     nb = _nb("from utils import a")
     assert "no provenance record" in provenance.staleness(nb, fake_utils)[0]
-    nb.metadata[provenance.METADATA_KEY] = provenance.record(nb, "book", 1.0, fake_utils)
+    nb.metadata[provenance.METADATA_KEY] = provenance.record(
+        nb, "book", 1.0, fake_utils
+    )
     assert provenance.staleness(nb, fake_utils) == []
     nb.cells[1].source = "from utils import a\nx = 3"
     assert provenance.staleness(nb, fake_utils) == [
         "code cells changed since the outputs were produced"
     ]
-    nb.metadata[provenance.METADATA_KEY] = provenance.record(nb, "smoke", 1.0, fake_utils)
-    assert provenance.staleness(nb, fake_utils) == ["outputs come from profile 'smoke', not 'book'"]
+    nb.metadata[provenance.METADATA_KEY] = provenance.record(
+        nb, "smoke", 1.0, fake_utils
+    )
+    assert provenance.staleness(nb, fake_utils) == [
+        "outputs come from profile 'smoke', not 'book'"
+    ]
     del nb.metadata[provenance.METADATA_KEY]["utils_modules"]
-    assert "no per-module hashes" in provenance.staleness(nb, fake_utils)[-1]
+    assert "no code digests" in provenance.staleness(nb, fake_utils)[-1]
 
 
-def test_chapter_one_depends_on_ngram_but_not_on_optim(tmp_path):
-    """The done-when check of the foundation issue, on a copy of the real library: appending a
-    comment to utils/optim.py leaves chapter 1 fresh; appending one to utils/ngram.py does not."""
+def test_comments_docstrings_and_formatting_do_not_stale(fake_utils):
+    nb = _nb("from utils import a")
+    nb.metadata[provenance.METADATA_KEY] = provenance.record(
+        nb, "book", 1.0, fake_utils
+    )
+    (fake_utils / "c.py").write_text(
+        '"""A docstring."""\n\n# why C is 2\nC = (\n    2\n)\n'
+    )
+    assert provenance.staleness(nb, fake_utils) == []
+    (fake_utils / "c.py").write_text("C = 3\n")
+    assert provenance.staleness(nb, fake_utils) == [
+        "utils.c (utils/c.py, imported through utils.b) changed since the outputs were "
+        "produced"
+    ]
+
+
+def test_a_recorded_result_the_notebook_reads_is_tracked(tmp_path, fake_utils):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "bench_cpu.json").write_text('{"x": 1}')
+    (results / "other_cpu.json").write_text('{"y": 1}')
+    nb = _nb('from pathlib import Path\nr = Path("results") / "bench_cpu.json"')
+    assert list(provenance.result_inputs(nb, results)) == ["results/bench_cpu.json"]
+    before = provenance.result_inputs(nb, results)
+    (results / "other_cpu.json").write_text('{"y": 2}')
+    assert provenance.result_inputs(nb, results) == before
+    (results / "bench_cpu.json").write_text('{"x": 2}')
+    assert provenance.result_inputs(nb, results) != before
+
+
+def test_chapter_one_depends_on_ngram_but_not_on_scaling(tmp_path):
+    """On a copy of the real library: a code edit to utils/scaling.py leaves chapter 1 fresh (it
+    does not use it); one to utils/ngram.py does not; a comment in ngram.py does not either."""
     path = ROOT / "notebooks" / "01_background.ipynb"
     nb = nbformat.read(path, as_version=4)
     utils_copy = tmp_path / "utils"
-    shutil.copytree(provenance.UTILS_DIR, utils_copy, ignore=shutil.ignore_patterns("__pycache__"))
-    nb.metadata[provenance.METADATA_KEY] = provenance.record(nb, "book", 1.0, utils_copy)
-    with (utils_copy / "optim.py").open("a") as f:
-        f.write("# a comment\n")
+    shutil.copytree(
+        provenance.UTILS_DIR, utils_copy, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    nb.metadata[provenance.METADATA_KEY] = provenance.record(
+        nb, "book", 1.0, utils_copy
+    )
+    with (utils_copy / "scaling.py").open("a") as f:
+        f.write("EDITED = True\n")
     assert provenance.staleness(nb, utils_copy) == []
     with (utils_copy / "ngram.py").open("a") as f:
         f.write("# a comment\n")
+    assert provenance.staleness(nb, utils_copy) == []
+    with (utils_copy / "ngram.py").open("a") as f:
+        f.write("EDITED = True\n")
     (problem,) = provenance.staleness(nb, utils_copy)
-    assert problem.startswith("utils.ngram (utils/ngram.py, imported by the notebook) changed")
+    assert problem.startswith(
+        "utils.ngram (utils/ngram.py, imported by the notebook) changed"
+    )

@@ -9,6 +9,14 @@ outputs were produced. Editing a module the notebook does not use leaves it fres
 Which modules a notebook uses is read from the code, not listed by hand: the ``import`` statements
 of its code cells, then, transitively, those of each ``utils`` module (function-level imports
 included, so a lazy ``from utils.nb import pick_device`` counts).
+
+A module's hash is of its *code*: the syntax tree with docstrings dropped (comments and formatting
+never reach the tree), so rewording a docstring or rewrapping lines does not stale every chapter
+that imports the module; a change to what the code does always does.
+
+Inputs that are not code are tracked too: a recorded benchmark result under ``results/`` that a
+notebook reads (05b, 05e) is found by its file name in the notebook's code and hashed with the
+outputs, so re-running a benchmark stales the chapters that quote it.
 """
 
 from __future__ import annotations
@@ -134,18 +142,67 @@ def utils_dependencies(
     return reached
 
 
-def module_hashes(modules: Iterable[str], utils_dir: Path = UTILS_DIR) -> dict[str, str]:
-    """``{"utils/models.py": sha256, ...}`` for the given dotted module names."""
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """``tree`` with the docstring of the module, of each class and of each function removed."""
+    for node in ast.walk(tree):
+        if isinstance(
+            node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        ):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+            ):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_digest(source: str) -> str:
+    """SHA-256 of what ``source`` does: its syntax tree without docstrings (no comments, no
+    formatting, no line numbers)."""
+    tree = _without_docstrings(ast.parse(source))
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+
+
+def module_hashes(
+    modules: Iterable[str], utils_dir: Path = UTILS_DIR
+) -> dict[str, str]:
+    """``{"utils/models.py": code digest, ...}`` for the given dotted module names."""
     out = {}
     for module in sorted(modules):
         path = _module_file(module, utils_dir)
         key = (Path(PACKAGE) / path.relative_to(utils_dir)).as_posix()
-        out[key] = hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+        out[key] = code_digest(path.read_text())
     return out
 
 
+def result_inputs(
+    nb: nbformat.NotebookNode, results_dir: Path | None = None
+) -> dict[str, str]:
+    """``{"results/mfu_cpu.json": sha256}`` for every file of ``results/`` whose name a code cell
+    of ``nb`` mentions as a string literal (how the chapters read a recorded benchmark)."""
+    results_dir = results_dir or UTILS_DIR.parent / "results"
+    if not results_dir.is_dir():
+        return {}
+    names = {p.name: p for p in results_dir.iterdir() if p.is_file()}
+    out = {}
+    for source in _code_sources(nb):
+        for node in ast.walk(ast.parse(_python_source(source))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                path = names.get(node.value)
+                if path is not None:
+                    key = f"{results_dir.name}/{path.name}"
+                    out[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dict(sorted(out.items()))
+
+
 def record(
-    nb: nbformat.NotebookNode, profile: str, duration_s: float, utils_dir: Path = UTILS_DIR
+    nb: nbformat.NotebookNode,
+    profile: str,
+    duration_s: float,
+    utils_dir: Path = UTILS_DIR,
 ) -> dict:
     """The provenance record for a notebook that was just executed under ``profile``."""
     from utils.nb import versions
@@ -155,6 +212,8 @@ def record(
         "profile": profile,
         "code_sha256": code_hash(nb),
         "utils_modules": module_hashes(deps, utils_dir),
+        "hash": "code",  # module hashes are code digests (code_digest), not file bytes
+        "inputs": result_inputs(nb),
         "versions": versions(RECORDED_PACKAGES),
         "duration_s": round(duration_s, 1),
         "executed_by": "tools/execute.py",
@@ -165,22 +224,37 @@ def staleness(nb: nbformat.NotebookNode, utils_dir: Path = UTILS_DIR) -> list[st
     """Reasons why ``nb``'s stored outputs are stale or unaccounted for (empty list: fresh)."""
     rec = nb.metadata.get(METADATA_KEY)
     if not rec:
-        return ["no provenance record: the notebook was not executed with tools/execute.py"]
+        return [
+            "no provenance record: the notebook was not executed with tools/execute.py"
+        ]
     problems = []
     if rec.get("profile") != "book":
         problems.append(f"outputs come from profile {rec.get('profile')!r}, not 'book'")
     if rec.get("code_sha256") != code_hash(nb):
         problems.append("code cells changed since the outputs were produced")
     recorded = rec.get("utils_modules")
-    if recorded is None:
-        problems.append("the record has no per-module hashes of utils/ (made by an older executor)")
+    if recorded is None or rec.get("hash") != "code":
+        problems.append(
+            "the record has no code digests of utils/ (made by an older executor)"
+        )
         return problems
+    for path, digest in result_inputs(nb).items():
+        if rec.get("inputs", {}).get(path) != digest:
+            problems.append(
+                f"{path}, which the notebook reads, changed since the outputs were produced"
+            )
     deps = utils_dependencies(_code_sources(nb), utils_dir)
     current = module_hashes(deps, utils_dir)
     for path, digest in current.items():
         if recorded.get(path) != digest:
-            module = path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+            module = (
+                path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+            )
             via = deps[module]
-            how = "imported by the notebook" if via is None else f"imported through {via}"
-            problems.append(f"{module} ({path}, {how}) changed since the outputs were produced")
+            how = (
+                "imported by the notebook" if via is None else f"imported through {via}"
+            )
+            problems.append(
+                f"{module} ({path}, {how}) changed since the outputs were produced"
+            )
     return problems

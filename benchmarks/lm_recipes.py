@@ -36,23 +36,51 @@ TARGET_RATIO = 0.7
 # The book recipe's model and batches per device (the chapter's `book` and `gpu` profiles).
 BOOK = {
     "cpu": dict(
-        d_model=192, n_layers=2, n_heads=3, batch_size=16, context=64, lr=2e-3, dropout=0.1
+        d_model=192,
+        n_layers=2,
+        n_heads=3,
+        batch_size=16,
+        context=64,
+        lr=2e-3,
+        dropout=0.1,
     ),
     "cuda": dict(
-        d_model=512, n_layers=6, n_heads=8, batch_size=32, context=256, lr=1e-3, dropout=0.3
+        d_model=512,
+        n_layers=6,
+        n_heads=8,
+        batch_size=32,
+        context=256,
+        lr=1e-3,
+        dropout=0.3,
     ),
-    "tiny": dict(d_model=32, n_layers=1, n_heads=2, batch_size=4, context=16, lr=3e-3, dropout=0.0),
+    "tiny": dict(
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        batch_size=4,
+        context=16,
+        lr=3e-3,
+        dropout=0.0,
+    ),
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budget-s", type=float, help="training seconds per recipe (300)")
-    parser.add_argument("--tiny", action="store_true", help="tiny models, a data slice: seconds")
+    parser.add_argument(
+        "--budget-s", type=float, help="training seconds per recipe (300)"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny models, a data slice: seconds"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--threads", type=int, help="torch threads (default: 1 on a CPU)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: 1 on a CPU)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="JSON path (default: results/lm_recipes_<device>.json)")
+    parser.add_argument(
+        "--out", help="JSON path (default: results/lm_recipes_<device>.json)"
+    )
     args = parser.parse_args(argv)
     if args.budget_s is None:
         args.budget_s = 2.0 if args.tiny else 300.0
@@ -131,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     ratio = results["book"]["valid_perplexity"] / results["seed"]["valid_perplexity"]
     verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
-    print(f"book_over_seed_valid_ppl = {ratio:.3f} ({verdict} the target <= {TARGET_RATIO})")
+    print(
+        f"book_over_seed_valid_ppl = {ratio:.3f} ({verdict} the target <= {TARGET_RATIO})"
+    )
     report = {
         "what": "valid perplexity of the seed tutorial's vs the book's recipe, same budget",
-        "command": " ".join(["python", "benchmarks/lm_recipes.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            ["python", "benchmarks/lm_recipes.py", *(argv or sys.argv[1:])]
+        ),
         "machine": info,
         "data": {
             "source": dataset.describe(),
@@ -155,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         "book_over_seed_valid_ppl": ratio,
         "target_ratio": TARGET_RATIO,
     }
-    default = REPO / "results" / f"lm_recipes_{device.type}{'_tiny' if args.tiny else ''}.json"
+    default = (
+        REPO
+        / "results"
+        / f"lm_recipes_{device.type}{'_tiny' if args.tiny else ''}.json"
+    )
     write_report(report, Path(args.out) if args.out else default)
     return 0
 

@@ -33,7 +33,9 @@ def synchronize(device: torch.device) -> None:
 def machine_info(device: torch.device) -> dict:
     """Date, CPU, threads, versions, device, load, speed-relevant environment, git commit."""
     info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -41,11 +43,15 @@ def machine_info(device: torch.device) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": list(os.getloadavg())
+        if hasattr(os, "getloadavg")
+        else None,
         "environment": {  # variables that change how fast the same code runs
             name: value
             for name, value in sorted(os.environ.items())
-            if name.startswith(("MALLOC_", "OMP_", "MKL_", "KMP_", "LD_PRELOAD", "CUDA_"))
+            if name.startswith(
+                ("MALLOC_", "OMP_", "MKL_", "KMP_", "LD_PRELOAD", "CUDA_")
+            )
         },
     }
     if device.type == "cuda":
@@ -53,7 +59,10 @@ def machine_info(device: torch.device) -> dict:
         info["cuda"] = torch.version.cuda
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         )
         info["git_commit"] = commit.stdout.strip() or None
         status = subprocess.run(

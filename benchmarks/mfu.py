@@ -74,7 +74,9 @@ DEFAULTS = {
 # --------------------------------------------------------------------------- measurements
 
 
-def matmul_peak(n: int, reps: int, dtype: torch.dtype, device: torch.device) -> list[float]:
+def matmul_peak(
+    n: int, reps: int, dtype: torch.dtype, device: torch.device
+) -> list[float]:
     """FLOP/s of ``reps`` products of two n x n matrices (2·n³ FLOPs each), after one warm-up."""
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
@@ -120,10 +122,15 @@ class TrainingLoop:
             device=str(device),
             progress=False,
         )
-        self.trainer = train.Trainer(self.model, optimizer, train.lm_loss, config, schedule)
+        self.trainer = train.Trainer(
+            self.model, optimizer, train.lm_loss, config, schedule
+        )
         generator = torch.Generator().manual_seed(0)
         shape_ids = (args.batch_size, args.context + 1)
-        self.pool = [torch.randint(0, args.vocab, shape_ids, generator=generator) for _ in range(8)]
+        self.pool = [
+            torch.randint(0, args.vocab, shape_ids, generator=generator)
+            for _ in range(8)
+        ]
 
     def batch_at(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.pool[i % len(self.pool)]
@@ -140,15 +147,22 @@ def measure(threads: int, args, device: torch.device) -> dict:
         torch.set_num_threads(threads)
     dtype = torch.float32 if args.precision == "fp32" else torch.bfloat16
     total_steps = args.warmup + args.repeats * args.steps + 1
-    loops = {name: TrainingLoop(SHAPES[name], args, device, total_steps) for name in args.sizes}
-    for loop in loops.values():  # warm-up: allocator, autotuning, compilation; not timed
+    loops = {
+        name: TrainingLoop(SHAPES[name], args, device, total_steps)
+        for name in args.sizes
+    }
+    for (
+        loop
+    ) in loops.values():  # warm-up: allocator, autotuning, compilation; not timed
         loop.run(args.warmup)
         synchronize(device)
     matmul_peak(args.peak_n, 1, dtype, device)
     tokens = args.steps * args.batch_size * args.context
     peaks, rates = [], {name: [] for name in loops}
     for repeat in range(args.repeats):
-        peaks.append(statistics.median(matmul_peak(args.peak_n, args.peak_reps, dtype, device)))
+        peaks.append(
+            statistics.median(matmul_peak(args.peak_n, args.peak_reps, dtype, device))
+        )
         for name in args.sizes if repeat % 2 == 0 else args.sizes[::-1]:
             synchronize(device)
             start = time.perf_counter()
@@ -182,7 +196,13 @@ def measure(threads: int, args, device: torch.device) -> dict:
 # --------------------------------------------------------------------------- where time goes
 
 CATEGORIES = {  # aten op name -> category (self time); anything else is "other element-wise"
-    "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul"),
+    "matrix products": (
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::matmul",
+    ),
     "fused attention": ("scaled_dot_product", "flash_attention"),
     "LayerNorm": ("layer_norm",),
     "GELU": ("gelu",),
@@ -207,7 +227,9 @@ def time_breakdown(name: str, args, device: torch.device, threads: int) -> dict:
         torch.set_num_threads(threads)
     loop = TrainingLoop(SHAPES[name], args, device, total_steps=args.warmup + 3)
     loop.run(args.warmup)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if device.type == "cuda" else []
+    )
     with profile(activities=activities, with_flops=True) as prof:
         loop.run(2)
         synchronize(device)
@@ -216,7 +238,9 @@ def time_breakdown(name: str, args, device: torch.device, threads: int) -> dict:
     mm_time = mm_flops = 0.0
     for event in prof.key_averages():
         self_us = (
-            event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+            event.self_device_time_total
+            if device.type == "cuda"
+            else event.self_cpu_time_total
         )
         category = _category(event.key)
         by_category[category] += self_us
@@ -225,7 +249,9 @@ def time_breakdown(name: str, args, device: torch.device, threads: int) -> dict:
             mm_time += self_us
             mm_flops += event.flops or 0
     total = sum(by_category.values())
-    shares = {k: v / total for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])}
+    shares = {
+        k: v / total for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])
+    }
     return {
         "size": name,
         "threads": threads,
@@ -246,21 +272,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Model-FLOPs utilisation of the book's training loop vs a measured peak.",
         epilog="Defaults per mode: " + json.dumps(DEFAULTS),
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    parser.add_argument("--tiny", action="store_true", help="tiny models, few steps: seconds")
-    parser.add_argument("--sizes", help="comma-separated shapes from: " + ",".join(SHAPES))
-    parser.add_argument("--threads", help="comma-separated CPU thread counts; 'all' = cores")
-    for name in ("vocab", "context", "batch_size", "steps", "repeats", "warmup", "peak_n"):
+    parser.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda (default: auto)"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny models, few steps: seconds"
+    )
+    parser.add_argument(
+        "--sizes", help="comma-separated shapes from: " + ",".join(SHAPES)
+    )
+    parser.add_argument(
+        "--threads", help="comma-separated CPU thread counts; 'all' = cores"
+    )
+    for name in (
+        "vocab",
+        "context",
+        "batch_size",
+        "steps",
+        "repeats",
+        "warmup",
+        "peak_n",
+    ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
-    parser.add_argument("--peak-reps", type=int, help="matrix products per peak measurement")
-    parser.add_argument("--no-compile", action="store_true", help="CUDA: skip torch.compile")
-    parser.add_argument("--no-profile", action="store_true", help="skip the time breakdown")
+    parser.add_argument(
+        "--peak-reps", type=int, help="matrix products per peak measurement"
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="CUDA: skip torch.compile"
+    )
+    parser.add_argument(
+        "--no-profile", action="store_true", help="skip the time breakdown"
+    )
     parser.add_argument("--out", help="JSON path (default: results/mfu_<device>.json)")
     return parser.parse_args(argv)
 
 
-def resolve_settings(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
-    preset = DEFAULTS["tiny" if args.tiny else device.type if device.type == "cuda" else "cpu"]
+def resolve_settings(
+    args: argparse.Namespace, device: torch.device
+) -> argparse.Namespace:
+    preset = DEFAULTS[
+        "tiny" if args.tiny else device.type if device.type == "cuda" else "cpu"
+    ]
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -283,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_benchmark(argv)
     finally:
-        torch.set_num_threads(threads_before)  # in-process callers (tests) keep their threads
+        torch.set_num_threads(
+            threads_before
+        )  # in-process callers (tests) keep their threads
 
 
 def run_benchmark(argv: list[str] | None = None) -> int:
@@ -297,7 +351,9 @@ def run_benchmark(argv: list[str] | None = None) -> int:
     for threads in args.threads if device.type == "cpu" else [torch.get_num_threads()]:
         run = measure(threads, args, device)
         runs.append(run)
-        print(f"threads {threads}: measured peak {run['peak_flops_median'] / 1e9:,.1f} GFLOP/s")
+        print(
+            f"threads {threads}: measured peak {run['peak_flops_median'] / 1e9:,.1f} GFLOP/s"
+        )
         for name, size in run["sizes"].items():
             print(
                 f"  {name:>10}: N = {size['flops']['non_embedding_params']:>10,}, "
@@ -317,7 +373,9 @@ def run_benchmark(argv: list[str] | None = None) -> int:
         name = LARGEST.name if LARGEST.name in args.sizes else args.sizes[-1]
         breakdown = time_breakdown(name, args, device, best["threads"])
         shares = ", ".join(f"{k} {v:.0%}" for k, v in breakdown["time_share"].items())
-        print(f"where the time of a {name} step goes ({best['threads']} threads): {shares}")
+        print(
+            f"where the time of a {name} step goes ({best['threads']} threads): {shares}"
+        )
         if breakdown["matrix_products_flops_per_s"]:
             rate = breakdown["matrix_products_flops_per_s"]
             print(
@@ -325,7 +383,9 @@ def run_benchmark(argv: list[str] | None = None) -> int:
                 f"({rate / best['peak_flops_median']:.0%} of the measured peak)"
             )
     if device.type == "cuda":
-        info["datasheet_peak_flops"] = train.peak_flops_for(torch.cuda.get_device_name(device))
+        info["datasheet_peak_flops"] = train.peak_flops_for(
+            torch.cuda.get_device_name(device)
+        )
     report = {
         "what": "model-FLOPs utilisation of utils.train.Trainer vs a measured matmul peak",
         "command": " ".join(["python", "benchmarks/mfu.py", *(argv or sys.argv[1:])]),
@@ -339,7 +399,8 @@ def run_benchmark(argv: list[str] | None = None) -> int:
         "time_breakdown": breakdown,
     }
     write_report(
-        report, Path(args.out) if args.out else REPO / "results" / f"mfu_{device.type}.json"
+        report,
+        Path(args.out) if args.out else REPO / "results" / f"mfu_{device.type}.json",
     )
     return 0
 

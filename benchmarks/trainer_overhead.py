@@ -63,7 +63,9 @@ DEFAULTS = {
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy: logits [B, T, V] (softmax in fp32), targets [B, T]."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)
+    )
 
 
 def cross_entropy_loss(model, batch):
@@ -157,7 +159,12 @@ def measure(config_name: str, args, device: torch.device) -> dict:
     args.compile = compiled == "compile"
     torch.manual_seed(0)
     model = TransformerLM(
-        args.vocab, args.d_model, args.heads, args.layers, max_len=args.seq_len, dropout=0.0
+        args.vocab,
+        args.d_model,
+        args.heads,
+        args.layers,
+        max_len=args.seq_len,
+        dropout=0.0,
     )
     total_steps = args.warmup + args.repeats * args.steps
     pool = make_batches(args)
@@ -169,22 +176,32 @@ def measure(config_name: str, args, device: torch.device) -> dict:
         if name.startswith("bare"):
             return BareLoop(copy.deepcopy(model), args, device, precision, total_steps)
         loss_fn = train.lm_loss if name == "trainer" else cross_entropy_loss
-        return TrainerLoop(copy.deepcopy(model), args, device, precision, total_steps, loss_fn)
+        return TrainerLoop(
+            copy.deepcopy(model), args, device, precision, total_steps, loss_fn
+        )
 
     loops = {name: make(name) for name in args.loops}
-    for loop in loops.values():  # warm-up: allocator, autotuning, compilation; not timed
+    for (
+        loop
+    ) in loops.values():  # warm-up: allocator, autotuning, compilation; not timed
         loop.run(args.warmup, batch_at)
         synchronize(device)
     tokens_per_segment = args.steps * args.grad_accum * args.batch_size * args.seq_len
     rates = {"wall": {name: [] for name in loops}, "cpu": {name: [] for name in loops}}
     for repeat in range(args.repeats):
-        for name in args.loops if repeat % 2 == 0 else args.loops[::-1]:  # ABCD, DCBA, ...
+        for name in (
+            args.loops if repeat % 2 == 0 else args.loops[::-1]
+        ):  # ABCD, DCBA, ...
             synchronize(device)
             wall_start, cpu_start = time.perf_counter(), time.process_time()
             loops[name].run(args.steps, batch_at)
             synchronize(device)
-            rates["wall"][name].append(tokens_per_segment / (time.perf_counter() - wall_start))
-            rates["cpu"][name].append(tokens_per_segment / (time.process_time() - cpu_start))
+            rates["wall"][name].append(
+                tokens_per_segment / (time.perf_counter() - wall_start)
+            )
+            rates["cpu"][name].append(
+                tokens_per_segment / (time.process_time() - cpu_start)
+            )
     result = {
         "config": config_name,
         "precision": precision,
@@ -192,9 +209,13 @@ def measure(config_name: str, args, device: torch.device) -> dict:
         "n_params": sum(p.numel() for p in model.parameters()),
         "tokens_per_segment": tokens_per_segment,
     }
-    clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)  # a GPU's work: wall only
+    clocks = (
+        ("wall", "cpu") if device.type == "cpu" else ("wall",)
+    )  # a GPU's work: wall only
     for clock in clocks:
-        medians = {name: statistics.median(values) for name, values in rates[clock].items()}
+        medians = {
+            name: statistics.median(values) for name, values in rates[clock].items()
+        }
         result[f"tokens_per_s_{clock}_median"] = medians
         result[f"ratio_over_bare_{clock}"] = {
             name: medians[name] / medians["bare"] for name in loops if name != "bare"
@@ -208,26 +229,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Throughput of utils.train.Trainer vs a bare training loop.",
         epilog="Sizes and step counts default per device: " + json.dumps(DEFAULTS),
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda (default: auto)"
+    )
     parser.add_argument(
         "--configs",
         help="comma-separated precision[+compile] list, e.g. bf16,fp16,bf16+compile "
         "(default: fp32 on a CPU, bf16,fp16 on a GPU)",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny model, few steps: seconds")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny model, few steps: seconds"
+    )
     for name in DEFAULTS["cpu"]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
-    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    parser.add_argument(
+        "--grad-accum", type=int, default=1, help="micro-batches per step"
+    )
     parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--fused", action="store_true", help="fused AdamW in every loop")
+    parser.add_argument(
+        "--fused", action="store_true", help="fused AdamW in every loop"
+    )
     parser.add_argument("--pool", type=int, default=16, help="distinct batches, cycled")
     parser.add_argument(
         "--sync-every", type=int, help="the Trainer's sync_every (default: its own)"
     )
-    parser.add_argument("--threads", type=int, help="torch threads (default: 1 on a CPU)")
-    parser.add_argument("--loops", default=",".join(LOOPS), help="subset of " + ",".join(LOOPS))
-    parser.add_argument("--out", help="JSON path (default: results/trainer_overhead_<dev>.json)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: 1 on a CPU)"
+    )
+    parser.add_argument(
+        "--loops", default=",".join(LOOPS), help="subset of " + ",".join(LOOPS)
+    )
+    parser.add_argument(
+        "--out", help="JSON path (default: results/trainer_overhead_<dev>.json)"
+    )
     args = parser.parse_args(argv)
     args.loops = args.loops.split(",")
     if args.loops[0] != "bare" or not set(args.loops) <= set(LOOPS):
@@ -238,36 +273,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = train.resolve_device(args.device)
-    preset = DEFAULTS["quick" if args.quick else "cpu" if device.type == "cpu" else "cuda"]
+    preset = DEFAULTS[
+        "quick" if args.quick else "cpu" if device.type == "cpu" else "cuda"
+    ]
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    torch.set_num_threads(args.threads or (1 if device.type == "cpu" else torch.get_num_threads()))
-    configs = (args.configs or ("fp32" if device.type == "cpu" else "bf16,fp16")).split(",")
+    torch.set_num_threads(
+        args.threads or (1 if device.type == "cpu" else torch.get_num_threads())
+    )
+    configs = (args.configs or ("fp32" if device.type == "cpu" else "bf16,fp16")).split(
+        ","
+    )
     info = machine_info(device)
     results = []
     for config_name in configs:
         result = measure(config_name, args, device)
         results.append(result)
         for key, value in result.items():
-            if key.startswith(("tokens_per_s_", "ratio_")) and not key.endswith("_segments"):
+            if key.startswith(("tokens_per_s_", "ratio_")) and not key.endswith(
+                "_segments"
+            ):
                 style = ".3f" if key.startswith("ratio") else ",.0f"
                 numbers = ", ".join(f"{name} {v:{style}}" for name, v in value.items())
                 print(f"[{config_name}] {key}: {numbers}")
         ratio = result["ratio_over_bare_wall"].get("trainer")
         if ratio is not None:
             verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-            print(f"[{config_name}] Trainer / bare = {ratio:.3f} ({verdict} the {TARGET_RATIO})")
+            print(
+                f"[{config_name}] Trainer / bare = {ratio:.3f} ({verdict} the {TARGET_RATIO})"
+            )
     report = {
         "what": "tokens/s of utils.train.Trainer vs a bare loop: same model, optimizer, data",
-        "command": " ".join(["python", "benchmarks/trainer_overhead.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            ["python", "benchmarks/trainer_overhead.py", *(argv or sys.argv[1:])]
+        ),
         "machine": info,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "device")},
         "target_ratio": TARGET_RATIO,
         "results": results,
     }
-    out = Path(args.out) if args.out else REPO / "results" / f"trainer_overhead_{device.type}.json"
-    write_report(report, out)  # adds the load average at the end: other programs competing
+    out = (
+        Path(args.out)
+        if args.out
+        else REPO / "results" / f"trainer_overhead_{device.type}.json"
+    )
+    write_report(
+        report, out
+    )  # adds the load average at the end: other programs competing
     return 0
 
 

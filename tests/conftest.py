@@ -6,7 +6,8 @@ import torch
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: loads a large pretrained model or runs a notebook (seconds to minutes)"
+        "markers",
+        "slow: loads a large pretrained model or runs a notebook (seconds to minutes)",
     )
 
 

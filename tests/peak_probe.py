@@ -40,7 +40,9 @@ def main(spec: dict) -> dict:
     from utils.models import TransformerLM
     from utils.train import TrainConfig, Trainer
 
-    class Explicit(torch.nn.Module):  # the L x L attention weights materialised in every layer
+    class Explicit(
+        torch.nn.Module
+    ):  # the L x L attention weights materialised in every layer
         def __init__(self, lm):
             super().__init__()
             self.lm = lm
@@ -62,7 +64,9 @@ def main(spec: dict) -> dict:
         f.write("5")  # reset VmHWM to the current resident size
     before = _status_kib("VmRSS")
     torch.manual_seed(0)
-    model = TransformerLM(V, spec["d_model"], spec["n_heads"], spec["n_layers"], max_len=T)
+    model = TransformerLM(
+        V, spec["d_model"], spec["n_heads"], spec["n_layers"], max_len=T
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     config = TrainConfig(
         max_steps=spec.get("steps", 3),

@@ -35,7 +35,8 @@ def test_cosine_and_association_match_a_direct_loop():
         cosine_matrix(X, A), torch.tensor([[_cos(x, a) for a in A] for x in X])
     )
     expected = [
-        sum(_cos(x, a) for a in A) / len(A) - sum(_cos(x, b) for b in B) / len(B) for x in X
+        sum(_cos(x, a) for a in A) / len(A) - sum(_cos(x, b) for b in B) / len(B)
+        for x in X
     ]
     torch.testing.assert_close(association(X, A, B), torch.tensor(expected))
 
@@ -45,7 +46,9 @@ def test_effect_size_formula_and_sign():
     s_x, s_y = association(X, A, B), association(Y, A, B)
     pooled = torch.cat([s_x, s_y])
     mean = pooled.mean()
-    std = math.sqrt(sum((float(v) - float(mean)) ** 2 for v in pooled) / (len(pooled) - 1))
+    std = math.sqrt(
+        sum((float(v) - float(mean)) ** 2 for v in pooled) / (len(pooled) - 1)
+    )
     expected = (float(s_x.mean()) - float(s_y.mean())) / std
     assert effect_size(X, Y, A, B) == pytest.approx(expected, rel=1e-5)
     assert effect_size(X, Y, A, B) > 1.0  # X was pushed towards A
@@ -59,7 +62,9 @@ def test_exact_p_value_matches_enumeration():
     observed = sum(s[:4]) - sum(s[4:])
     count = total = 0
     for subset in itertools.combinations(range(8), 4):
-        stat = sum(s[i] for i in subset) - sum(s[i] for i in range(8) if i not in subset)
+        stat = sum(s[i] for i in subset) - sum(
+            s[i] for i in range(8) if i not in subset
+        )
         count += stat >= observed - 1e-12
         total += 1
     p, exact = permutation_p_value(X, Y, A, B)
@@ -102,7 +107,9 @@ def test_project_out_removes_one_direction():
         lambda: cosine_matrix(torch.zeros(2, 3), torch.ones(2, 3)),
         lambda: cosine_matrix(torch.ones(3), torch.ones(2, 3)),
         lambda: cosine_matrix(torch.tensor([[float("nan"), 1.0]]), torch.ones(1, 2)),
-        lambda: effect_size(torch.ones(1, 2), torch.ones(1, 2), torch.eye(2), torch.eye(2)),
+        lambda: effect_size(
+            torch.ones(1, 2), torch.ones(1, 2), torch.eye(2), torch.eye(2)
+        ),
         lambda: project_out(torch.ones(2, 3), torch.zeros(3)),
         lambda: project_out(torch.ones(2, 3), torch.ones(4)),
         lambda: permutation_p_value(*_sets(), n_samples=0),

@@ -99,8 +99,18 @@ def test_dropout_only_in_training():
 @pytest.mark.parametrize(
     "kwargs, error",
     [
-        (dict(q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 5), v=torch.randn(2, 3, 5)), ValueError),
-        (dict(q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 4), v=torch.randn(2, 2, 4)), ValueError),
+        (
+            dict(
+                q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 5), v=torch.randn(2, 3, 5)
+            ),
+            ValueError,
+        ),
+        (
+            dict(
+                q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 4), v=torch.randn(2, 2, 4)
+            ),
+            ValueError,
+        ),
         (
             dict(
                 q=torch.ones(2, 3, 4, dtype=torch.long),
@@ -110,13 +120,20 @@ def test_dropout_only_in_training():
             TypeError,
         ),
         (
-            dict(q=torch.randn(2, 3, 4), k=torch.randn(2, 3, 4).double(), v=torch.randn(2, 3, 4)),
+            dict(
+                q=torch.randn(2, 3, 4),
+                k=torch.randn(2, 3, 4).double(),
+                v=torch.randn(2, 3, 4),
+            ),
             TypeError,
         ),
         (dict(q=torch.randn(4), k=torch.randn(4), v=torch.randn(4)), ValueError),
         (dict(mask=torch.ones(2, 3, 3)), TypeError),  # float mask
         (dict(mask=torch.ones(3, 4, dtype=torch.bool)), ValueError),  # wrong L_k
-        (dict(mask=torch.ones(2, 1, 1, 3, dtype=torch.bool)), ValueError),  # would add a dim
+        (
+            dict(mask=torch.ones(2, 1, 1, 3, dtype=torch.bool)),
+            ValueError,
+        ),  # would add a dim
         (dict(dropout_p=1.0), ValueError),
         (dict(dropout_p=-0.1), ValueError),
     ],
@@ -147,7 +164,11 @@ def test_padding_mask_from_lengths_and_from_ids_agree():
     lengths = torch.tensor([3, 1, 4])
     ids = torch.tensor([[5, 6, 7, 0], [8, 0, 0, 0], [1, 2, 3, 4]])
     expected = torch.tensor(
-        [[True, True, True, False], [True, False, False, False], [True, True, True, True]]
+        [
+            [True, True, True, False],
+            [True, False, False, False],
+            [True, True, True, True],
+        ]
     )
     from_lengths = padding_mask(lengths)
     from_ids = padding_mask(ids, pad_idx=0)
@@ -208,8 +229,12 @@ def test_mha_matches_torch_self_attention_with_masks(need_weights, bias):
     B, L = 3, 6
     x = torch.randn(B, L, 16)
     lengths = torch.tensor([6, 4, 2])
-    is_pad = torch.arange(L) >= lengths[:, None]  # (B, L): True = padding (torch convention)
-    not_causal = torch.ones(L, L, dtype=torch.bool).triu(diagonal=1)  # True = not allowed
+    is_pad = (
+        torch.arange(L) >= lengths[:, None]
+    )  # (B, L): True = padding (torch convention)
+    not_causal = torch.ones(L, L, dtype=torch.bool).triu(
+        diagonal=1
+    )  # True = not allowed
 
     cases = [
         (dict(), dict()),
@@ -236,7 +261,9 @@ def test_mha_matches_torch_cross_attention():
     query, memory = torch.randn(2, 3, 16), torch.randn(2, 7, 16)
     is_pad = torch.zeros(2, 7, dtype=torch.bool)
     is_pad[1, 5:] = True
-    out, weights = ours(query, memory, memory, mask=~is_pad[:, None, None, :], need_weights=True)
+    out, weights = ours(
+        query, memory, memory, mask=~is_pad[:, None, None, :], need_weights=True
+    )
     ref_out, ref_weights = ref(
         query, memory, memory, key_padding_mask=is_pad, average_attn_weights=False
     )
@@ -249,7 +276,12 @@ def test_mha_fast_and_explicit_paths_agree():
     mha = MultiHeadAttention(24, 3).eval()
     x = torch.randn(2, 5, 24)
     mask = padding_mask(torch.tensor([5, 3]))
-    for kwargs in (dict(), dict(mask=mask), dict(is_causal=True), dict(mask=mask, is_causal=True)):
+    for kwargs in (
+        dict(),
+        dict(mask=mask),
+        dict(is_causal=True),
+        dict(mask=mask, is_causal=True),
+    ):
         fast, none = mha(x, x, x, need_weights=False, **kwargs)
         explicit, weights = mha(x, x, x, need_weights=True, **kwargs)
         assert none is None

@@ -31,7 +31,10 @@ def test_random_qkv_is_seeded():
 
 def test_score_bytes():
     assert ac.score_bytes(1, 8, 1024) == 2 * 8 * 1024 * 1024 * 4
-    assert ac.score_bytes(2, 4, 10, torch.bfloat16, n_matrices=1, key_len=20) == 2 * 4 * 10 * 20 * 2
+    assert (
+        ac.score_bytes(2, 4, 10, torch.bfloat16, n_matrices=1, key_len=20)
+        == 2 * 4 * 10 * 20 * 2
+    )
     with pytest.raises(ValueError):
         ac.score_bytes(1, 8, -1)
 
@@ -94,7 +97,14 @@ def test_measure_interleaves_and_reports_every_point():
         "fused": tracked("fused", ac.fused_attention),
     }
     points = ac.measure(
-        impls, [32, 16], heads=2, head_dim=8, repeats=3, warmup=1, spin_up_s=0, progress=False
+        impls,
+        [32, 16],
+        heads=2,
+        head_dim=8,
+        repeats=3,
+        warmup=1,
+        spin_up_s=0,
+        progress=False,
     )
     assert [(p.impl, p.seq_len) for p in points] == [
         ("explicit", 16),
@@ -125,7 +135,9 @@ def test_measure_rejects_bad_arguments():
 def test_sdpa_backend_functions_math_runs_on_cpu():
     functions = ac.sdpa_backend_functions(("MATH",))
     q, k, v = ac.random_qkv(1, 2, 9, 8)
-    torch.testing.assert_close(functions["MATH"](q, k, v), ac.explicit_attention(q, k, v))
+    torch.testing.assert_close(
+        functions["MATH"](q, k, v), ac.explicit_attention(q, k, v)
+    )
     with pytest.raises(ValueError, match="unknown SDPA backend"):
         ac.sdpa_backend_functions(("NOT_A_BACKEND",))
 

@@ -24,7 +24,9 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     checkpoint.seed_rngs(123)  # scramble
     checkpoint.set_rng_state(checkpoint.load(path)["rng"])
     assert draw() == expected
-    assert sorted(p.name for p in path.parent.iterdir()) == ["rng.pt"]  # no temporary file
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "rng.pt"
+    ]  # no temporary file
 
 
 def test_load_refuses_files_that_are_not_checkpoints(tmp_path):
@@ -36,7 +38,9 @@ def test_load_refuses_files_that_are_not_checkpoints(tmp_path):
 
 def test_a_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "run.pt"
-    checkpoint.save_atomically({"format": checkpoint.CHECKPOINT_FORMAT, "step": 1}, path)
+    checkpoint.save_atomically(
+        {"format": checkpoint.CHECKPOINT_FORMAT, "step": 1}, path
+    )
 
     def failing_save(obj, file):
         with open(file, "wb") as handle:
@@ -45,6 +49,8 @@ def test_a_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save_atomically({"format": checkpoint.CHECKPOINT_FORMAT, "step": 2}, path)
+        checkpoint.save_atomically(
+            {"format": checkpoint.CHECKPOINT_FORMAT, "step": 2}, path
+        )
     assert checkpoint.load(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]

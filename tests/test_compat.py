@@ -32,7 +32,9 @@ def test_constraints_pin_every_declared_dependency_at_its_floor():
     lines = compat.constraint_lines(runtime)
     pins = dict(line.split("==") for line in lines)
     for req in PYPROJECT["project"]["dependencies"] + [
-        r for extra in PYPROJECT["project"]["optional-dependencies"].values() for r in extra
+        r
+        for extra in PYPROJECT["project"]["optional-dependencies"].values()
+        for r in extra
     ]:
         name, _ = compat.parse_requirement(req)
         assert name in pins, f"{name} is declared but not constrained"
@@ -42,7 +44,9 @@ def test_constraints_pin_every_declared_dependency_at_its_floor():
     assert lines[0] == compat.PREINSTALLED_TORCH
     assert pins["torch"] == compat.PREINSTALLED_TORCH.split("==")[1]
     assert set(pins) == set(runtime) | {"torch"}
-    assert build == {"setuptools": compat.lower_bound(PYPROJECT["build-system"]["requires"][0])}
+    assert build == {
+        "setuptools": compat.lower_bound(PYPROJECT["build-system"]["requires"][0])
+    }
 
 
 def test_the_preinstalled_torch_is_the_pinned_one():
@@ -86,7 +90,10 @@ def test_floors_refuse_a_missing_bound_and_two_floors():
     base = {"build-system": {"requires": ["setuptools>=77"]}, "project": {}}
     with pytest.raises(ValueError, match="without a lower bound: 'tqdm'"):
         compat.floors({**base, "project": {"dependencies": ["numpy>=1.24", "tqdm"]}})
-    two = {"dependencies": ["numpy>=1.24"], "optional-dependencies": {"x": ["numpy>=1.26"]}}
+    two = {
+        "dependencies": ["numpy>=1.24"],
+        "optional-dependencies": {"x": ["numpy>=1.26"]},
+    }
     with pytest.raises(ValueError, match="two floors"):
         compat.floors({**base, "project": two})
     with pytest.raises(ValueError, match="above the preinstalled"):
@@ -127,5 +134,7 @@ def test_report_helpers():
 def test_the_environment_key_changes_with_its_inputs():
     key = compat.venv_key(["torch==2.13.0"], ["papermill==2.7.0"])
     assert key == compat.venv_key(["torch==2.13.0"], ["papermill==2.7.0"])
-    assert key != compat.venv_key(["torch==2.13.0", "numpy==1.24"], ["papermill==2.7.0"])
+    assert key != compat.venv_key(
+        ["torch==2.13.0", "numpy==1.24"], ["papermill==2.7.0"]
+    )
     assert key != compat.venv_key(["torch==2.13.0"], ["papermill==2.6.0"])

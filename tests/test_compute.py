@@ -29,9 +29,13 @@ def test_six_n_d_matches_flop_counter_on_a_linear_stack():
     # step on D tokens must cost exactly 6·N·D by torch's own FLOP counter.
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(16, 32, bias=False), torch.nn.ReLU(), torch.nn.Linear(32, 8, bias=False)
+        torch.nn.Linear(16, 32, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 8, bias=False),
     )
-    x = torch.randn(10, 16, requires_grad=True)  # input grad too, as in a deeper network
+    x = torch.randn(
+        10, 16, requires_grad=True
+    )  # input grad too, as in a deeper network
     counter = FlopCounterMode(display=False)
     with counter:
         net(x).square().sum().backward()
@@ -42,7 +46,10 @@ def test_six_n_d_matches_flop_counter_on_a_linear_stack():
 def test_attention_flops_match_explicit_attention_counted_by_torch():
     torch.manual_seed(0)
     batch, heads, length, head_dim = 2, 2, 12, 4
-    q, k, v = (torch.randn(batch, heads, length, head_dim, requires_grad=True) for _ in range(3))
+    q, k, v = (
+        torch.randn(batch, heads, length, head_dim, requires_grad=True)
+        for _ in range(3)
+    )
     counter = FlopCounterMode(display=False)
     with counter:
         weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(head_dim), dim=-1)
@@ -67,11 +74,15 @@ def test_published_table_is_well_formed():
         assert m.reported_flops is None or m.n_tokens is not None
         year, month = m.released.split("-")
         assert 2017 <= int(year) <= 2030 and 1 <= int(month) <= 12
-    assert [m.released for m in PUBLISHED_MODELS] == sorted(m.released for m in PUBLISHED_MODELS)
+    assert [m.released for m in PUBLISHED_MODELS] == sorted(
+        m.released for m in PUBLISHED_MODELS
+    )
 
 
 def _bibliography_keys() -> set[str]:
-    bib = (Path(compute.__file__).resolve().parents[1] / "book" / "references.bib").read_text()
+    bib = (
+        Path(compute.__file__).resolve().parents[1] / "book" / "references.bib"
+    ).read_text()
     return set(re.findall(r"^@\w+\{([^,\s]+),", bib, flags=re.MULTILINE))
 
 
@@ -148,9 +159,13 @@ def test_error_message_names_argument_and_value():
 
 
 def test_widget_updates_and_reports_invalid_input():
-    box = cost_calculator(n_params=1e9, n_tokens=1e10, peak_flops_per_s=1e14, utilisation=0.5)
+    box = cost_calculator(
+        n_params=1e9, n_tokens=1e10, peak_flops_per_s=1e14, utilisation=0.5
+    )
     assert "6e+19" in box.result.value
-    box.fields["utilisation"].value = 2.0  # invalid: the widget must show a message, not raise
+    box.fields[
+        "utilisation"
+    ].value = 2.0  # invalid: the widget must show a message, not raise
     assert "Invalid input" in box.result.value and "utilisation" in box.result.value
     box.fields["utilisation"].value = 0.25
     assert "Invalid input" not in box.result.value
@@ -167,17 +182,25 @@ def test_one_flops_per_token_count_behind_models_metrics_and_attention_flops():
             n, layers, d, ctx, vocab_size=vocab, attention=attention
         )
         assert (
-            models.flops_breakdown(n, layers, d, ctx, vocab_size=vocab, attention=attention)
+            models.flops_breakdown(
+                n, layers, d, ctx, vocab_size=vocab, attention=attention
+            )
             == terms
         )
         assert models.flops_per_token(n, layers, d, ctx, attention=attention) == (
             compute.flops_per_token(n, layers, d, ctx, attention=attention)
         )
         # the trainer's helper and compute's totals over D tokens are the same count
-        per_token = metrics.training_flops_per_token(n, layers, d, ctx, attention=attention)
-        assert per_token == compute.flops_per_token(n, layers, d, ctx, attention=attention)
+        per_token = metrics.training_flops_per_token(
+            n, layers, d, ctx, attention=attention
+        )
+        assert per_token == compute.flops_per_token(
+            n, layers, d, ctx, attention=attention
+        )
         causal = attention == "kaplan"
-        assert per_token * 7 == training_flops(n, 7) + attention_flops(layers, ctx, d, 7, causal)
+        assert per_token * 7 == training_flops(n, 7) + attention_flops(
+            layers, ctx, d, 7, causal
+        )
     kaplan = compute.flops_per_token_terms(n, layers, d, ctx)
     assert kaplan["attention"] == 2 * layers * ctx * d and kaplan["lm_head"] == 0
     with pytest.raises(ValueError, match="attention"):

@@ -27,7 +27,9 @@ def test_verify_file_accepts_good_and_rejects_corrupt_with_expected_checksum(tmp
     assert str(path) in str(err.value) and spec.sha256 in str(err.value)
 
 
-def test_data_dir_missing_file_is_an_error_not_a_fallback(isolated_data_env, monkeypatch):
+def test_data_dir_missing_file_is_an_error_not_a_fallback(
+    isolated_data_env, monkeypatch
+):
     folder = isolated_data_env / "data"
     folder.mkdir()
     monkeypatch.setenv(data.DATA_DIR_ENV, str(folder))
@@ -44,7 +46,9 @@ def test_data_dir_must_be_a_folder(isolated_data_env, monkeypatch):
 def test_corrupt_local_file_names_file_and_checksum(isolated_data_env, monkeypatch):
     folder = isolated_data_env / "data"
     (folder / "tinyshakespeare").mkdir(parents=True)
-    (folder / "tinyshakespeare" / "input.txt").write_text("First Citizen:\nnot the real text\n")
+    (folder / "tinyshakespeare" / "input.txt").write_text(
+        "First Citizen:\nnot the real text\n"
+    )
     monkeypatch.setenv(data.DATA_DIR_ENV, str(folder))
     expected = data.FILES["tinyshakespeare/input.txt"].sha256
     with pytest.raises(data.ChecksumError, match=expected):
@@ -184,6 +188,8 @@ def test_describe_shows_no_machine_path():
     ds = data.Dataset("x", {"train": [1, 2, 3]}, "local", "/home/someone/data/x")
     assert "/home/someone" not in ds.describe()
     assert "local data folder" in ds.describe()
-    assert data.Dataset("x", {}, "download", "https://example.org/x").describe().startswith(
-        "x from download (https://example.org/x)"
+    assert (
+        data.Dataset("x", {}, "download", "https://example.org/x")
+        .describe()
+        .startswith("x from download (https://example.org/x)")
     )

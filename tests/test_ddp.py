@@ -20,12 +20,16 @@ TINY = dict(d_model=16, n_heads=2, n_layers=1, seq_len=8, global_batch=4, steps=
 @pytest.fixture(scope="module")
 def tokens_file(tmp_path_factory):
     """Token ids of a small generated corpus (independent of LLMBOOK_DATA_DIR)."""
-    tokens = ddp.make_tokens(corpus.wikitext_like(60, seed=1), vocab_size=200, source="test")
+    tokens = ddp.make_tokens(
+        corpus.wikitext_like(60, seed=1), vocab_size=200, source="test"
+    )
     return ddp.save_tokens(tmp_path_factory.mktemp("ddp") / "tokens.pt", tokens)
 
 
 def _config(tmp_path, tokens_file, **overrides):
-    return ddp.RunConfig(out=str(tmp_path / "out.pt"), tokens=tokens_file, **{**TINY, **overrides})
+    return ddp.RunConfig(
+        out=str(tmp_path / "out.pt"), tokens=tokens_file, **{**TINY, **overrides}
+    )
 
 
 # ------------------------------------------------------------------------------------ data split
@@ -83,8 +87,12 @@ def test_launch_refuses_a_bad_process_count(tmp_path, tokens_file, nproc):
         ddp.launch(nproc, _config(tmp_path, tokens_file))
 
 
-def test_launch_refuses_a_global_batch_the_processes_do_not_divide(tmp_path, tokens_file):
-    with pytest.raises(ValueError, match="global_batch=5 is not divisible by the 2 processes"):
+def test_launch_refuses_a_global_batch_the_processes_do_not_divide(
+    tmp_path, tokens_file
+):
+    with pytest.raises(
+        ValueError, match="global_batch=5 is not divisible by the 2 processes"
+    ):
         ddp.launch(2, _config(tmp_path, tokens_file, global_batch=5))
 
 
@@ -127,7 +135,9 @@ def test_command_line_round_trips_the_config(tmp_path, tokens_file):
 
 def test_torchrun_is_in_the_environment():
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    assert os.access(torchrun, os.X_OK), f"{torchrun} missing: torch's launcher is not installed"
+    assert os.access(torchrun, os.X_OK), (
+        f"{torchrun} missing: torch's launcher is not installed"
+    )
 
 
 def _processes_naming(text):
@@ -151,7 +161,9 @@ def test_a_run_past_its_time_limit_is_killed(tmp_path, tokens_file):
 
 
 @pytest.mark.slow
-def test_a_running_job_past_its_time_limit_leaves_no_worker_behind(tmp_path, tokens_file):
+def test_a_running_job_past_its_time_limit_leaves_no_worker_behind(
+    tmp_path, tokens_file
+):
     config = _config(tmp_path, tokens_file, steps=10**7)
     with pytest.raises(TimeoutError, match="killed"):
         ddp.launch(2, config, timeout_s=8)  # the workers are training by then
@@ -165,7 +177,9 @@ def test_zero_stages_reproduce_the_papers_figure_1():
     """Rajbhandari et al. 2020, Figure 1: 7.5B parameters, 64 devices, mixed-precision Adam."""
     gb = [ddp.zero_bytes_per_device(7.5e9, 64, stage) / 1e9 for stage in range(4)]
     assert [round(x, 1) for x in gb] == [120.0, 31.4, 16.6, 1.9]
-    assert ddp.zero_bytes_per_device(1000, 1, 3) == ddp.zero_bytes_per_device(1000, 1, 0)
+    assert ddp.zero_bytes_per_device(1000, 1, 3) == ddp.zero_bytes_per_device(
+        1000, 1, 0
+    )
     with pytest.raises(ValueError, match="stage"):
         ddp.zero_bytes_per_device(1e9, 8, 4)
     with pytest.raises(ValueError, match="n_devices"):
@@ -193,8 +207,14 @@ def _launch_retrying_a_crash(nproc, config):
 def test_ddp_gradients_equal_single_process_gradients(tmp_path, tokens_file):
     """Two gloo processes, each on half of the global batch: after DDP's all-reduce every rank
     holds the gradient of the whole global batch, as one process computes it."""
-    results = _launch_retrying_a_crash(2, _config(tmp_path, tokens_file, save_grads=True))
-    assert (results["world_size"], results["backend"], results["device"]) == (2, "gloo", "cpu")
+    results = _launch_retrying_a_crash(
+        2, _config(tmp_path, tokens_file, save_grads=True)
+    )
+    assert (results["world_size"], results["backend"], results["device"]) == (
+        2,
+        "gloo",
+        "cpu",
+    )
     assert results["per_rank_batch"] * results["world_size"] == TINY["global_batch"]
     reference = ddp.single_process_gradients(results)
     assert results["grads"].keys() == reference.keys()
@@ -204,19 +224,27 @@ def test_ddp_gradients_equal_single_process_gradients(tmp_path, tokens_file):
     assert len(results["step_s"]) == results["timed_steps"] == TINY["steps"] - 1
     assert all(t > 0 for t in results["step_s"])
     assert len(results["cpu_s"]) == 2 and all(t > 0 for t in results["cpu_s"])
-    assert results["memory"]["params"] == [4 * results["n_params"]] * 2  # a full fp32 replica
+    assert (
+        results["memory"]["params"] == [4 * results["n_params"]] * 2
+    )  # a full fp32 replica
 
 
 @pytest.mark.slow
 def test_fsdp_shards_the_state_and_keeps_the_gradients(tmp_path, tokens_file):
     ddp_run = ddp.launch(2, _config(tmp_path, tokens_file, save_grads=True))
-    fsdp_run = ddp.launch(2, _config(tmp_path, tokens_file, save_grads=True, strategy="fsdp"))
-    torch.testing.assert_close(fsdp_run["grads"], ddp.single_process_gradients(fsdp_run))
+    fsdp_run = ddp.launch(
+        2, _config(tmp_path, tokens_file, save_grads=True, strategy="fsdp")
+    )
+    torch.testing.assert_close(
+        fsdp_run["grads"], ddp.single_process_gradients(fsdp_run)
+    )
     torch.testing.assert_close(fsdp_run["losses"], ddp_run["losses"])
     for key in ("params", "grads", "optimizer"):
         full = ddp_run["memory"][key][0]
         assert sum(fsdp_run["memory"][key]) == full  # the shards add up to one replica
-        assert max(fsdp_run["memory"][key]) < 0.6 * full  # ... and each rank holds about half
+        assert (
+            max(fsdp_run["memory"][key]) < 0.6 * full
+        )  # ... and each rank holds about half
 
 
 @pytest.mark.slow

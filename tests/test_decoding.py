@@ -33,7 +33,9 @@ from transformers.generation.logits_process import (  # noqa: E402
 @pytest.fixture
 def book_lm():
     torch.manual_seed(0)
-    return TransformerLM(vocab_size=40, d_model=16, n_heads=2, n_layers=1, max_len=8).eval()
+    return TransformerLM(
+        vocab_size=40, d_model=16, n_heads=2, n_layers=1, max_len=8
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,9 @@ def tiny_llama():
 def _hf_generate(model, ids, n, **kwargs):
     settings = dict(top_k=0, top_p=1.0, temperature=1.0, repetition_penalty=1.0)
     settings.update(kwargs)
-    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, **settings)
+    return model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, **settings
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,9 +78,13 @@ def test_repetition_penalty_formula_and_transformers():
     torch.testing.assert_close(out, expected)
     hf = RepetitionPenaltyLogitsProcessor(2.0)(previous, logits.clone())
     torch.testing.assert_close(out, hf)
-    torch.testing.assert_close(decoding.apply_repetition_penalty(logits, previous, 1.0), logits)
+    torch.testing.assert_close(
+        decoding.apply_repetition_penalty(logits, previous, 1.0), logits
+    )
     empty = torch.zeros(2, 0, dtype=torch.long)
-    torch.testing.assert_close(decoding.apply_repetition_penalty(logits, empty, 3.0), logits)
+    torch.testing.assert_close(
+        decoding.apply_repetition_penalty(logits, empty, 3.0), logits
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,7 +103,9 @@ def test_process_logits_matches_transformers(settings):
     ours = decoding.process_logits(logits, previous, **settings)
     processors = LogitsProcessorList()
     if settings.get("repetition_penalty", 1.0) != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(settings["repetition_penalty"]))
+        processors.append(
+            RepetitionPenaltyLogitsProcessor(settings["repetition_penalty"])
+        )
     if "temperature" in settings:
         processors.append(TemperatureLogitsWarper(settings["temperature"]))
     if "top_k" in settings:
@@ -111,7 +121,9 @@ def test_process_logits_matches_transformers(settings):
 def test_process_logits_defaults_change_nothing():
     logits = torch.randn(2, 9)
     torch.testing.assert_close(decoding.process_logits(logits), logits)
-    torch.testing.assert_close(decoding.process_logits(logits, top_k=3), filter_logits(logits, 3))
+    torch.testing.assert_close(
+        decoding.process_logits(logits, top_k=3), filter_logits(logits, 3)
+    )
 
 
 def test_next_tokens_greedy_is_argmax_and_top_k_one_too():
@@ -121,18 +133,27 @@ def test_next_tokens_greedy_is_argmax_and_top_k_one_too():
     assert torch.equal(decoding.next_tokens(logits, top_k=1), greedy)
     # The penalty applies to greedy decoding as well: a seen argmax can lose its place.
     previous = greedy.clone()
-    penalised = decoding.next_tokens(logits, previous, greedy=True, repetition_penalty=1e6)
+    penalised = decoding.next_tokens(
+        logits, previous, greedy=True, repetition_penalty=1e6
+    )
     assert not torch.equal(penalised, greedy)
 
 
 def test_next_tokens_sampling_frequencies():
     probs = torch.tensor([0.5, 0.3, 0.2])
     logits = probs.log().expand(20_000, 3)
-    draws = decoding.next_tokens(logits, generator=torch.Generator().manual_seed(0))[:, 0]
+    draws = decoding.next_tokens(logits, generator=torch.Generator().manual_seed(0))[
+        :, 0
+    ]
     freq = torch.bincount(draws, minlength=3).float() / len(draws)
     torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
-    nucleus = decoding.next_tokens(logits, top_p=0.6, generator=torch.Generator().manual_seed(0))
-    assert set(nucleus[:, 0].tolist()) == {0, 1}  # 0.5 < 0.6: the second token is needed
+    nucleus = decoding.next_tokens(
+        logits, top_p=0.6, generator=torch.Generator().manual_seed(0)
+    )
+    assert set(nucleus[:, 0].tolist()) == {
+        0,
+        1,
+    }  # 0.5 < 0.6: the second token is needed
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +173,9 @@ def test_generate_matches_transformer_lm_generate(book_lm):
             prompt, 12, generator=torch.Generator().manual_seed(3), **settings
         )
         assert torch.equal(ours.ids, theirs)
-    assert ours.prompt_length == 3 and ours.new_ids.shape == (2, 12) and ours.note is None
+    assert (
+        ours.prompt_length == 3 and ours.new_ids.shape == (2, 12) and ours.note is None
+    )
 
 
 def test_generate_matches_transformers_generate(tiny_llama):
@@ -250,7 +273,9 @@ def test_prompt_longer_than_the_context_is_cut_and_said(book_lm, tiny_llama):
         decoding.generate(tiny_llama, longer, 24)
     with pytest.raises(ValueError, match="leaves no room"):
         decoding.chat_prompt_ids(
-            _TemplateTokenizer(), [{"role": "user", "content": "a b c"}], max_prompt_tokens=2
+            _TemplateTokenizer(),
+            [{"role": "user", "content": "a b c"}],
+            max_prompt_tokens=2,
         )
 
 
@@ -260,17 +285,25 @@ class _TemplateTokenizer:
     vocab: dict[str, int] = {}
 
     def apply_chat_template(self, messages, add_generation_prompt, tokenize):
-        return " ".join(f"<{m['role']}> {m['content']}" for m in messages) + " <assistant>"
+        return (
+            " ".join(f"<{m['role']}> {m['content']}" for m in messages) + " <assistant>"
+        )
 
     def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [self.vocab.setdefault(w, len(self.vocab)) for w in text.split()]}
+        return {
+            "input_ids": [
+                self.vocab.setdefault(w, len(self.vocab)) for w in text.split()
+            ]
+        }
 
     def decode(self, ids):
         inverse = {i: w for w, i in self.vocab.items()}
         return " ".join(inverse[i] for i in ids)
 
 
-@pytest.mark.parametrize("temperature", [0, 0.0, -1.0, math.nan, math.inf, True, "0.7", None])
+@pytest.mark.parametrize(
+    "temperature", [0, 0.0, -1.0, math.nan, math.inf, True, "0.7", None]
+)
 def test_temperature_out_of_range(temperature):
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         decoding.check_sampling(temperature=temperature)
@@ -292,7 +325,9 @@ def test_top_k_out_of_range(top_k):
 
 @pytest.mark.parametrize("penalty", [0, -1.2, math.inf, math.nan, False])
 def test_repetition_penalty_out_of_range(penalty):
-    with pytest.raises(ValueError, match="repetition_penalty must be a finite number > 0"):
+    with pytest.raises(
+        ValueError, match="repetition_penalty must be a finite number > 0"
+    ):
         decoding.check_sampling(repetition_penalty=penalty)
 
 
@@ -329,7 +364,10 @@ def offline(monkeypatch):
 
 @pytest.mark.parametrize(
     ("name", "task"),
-    [("distilbert-base-cased-distilled-squad", "extractive-qa"), ("t5-small", "seq2seq")],
+    [
+        ("distilbert-base-cased-distilled-squad", "extractive-qa"),
+        ("t5-small", "seq2seq"),
+    ],
 )
 def test_hub_model_without_network_fails_fast_with_advice(offline, name, task):
     from utils import hub_tasks
@@ -339,14 +377,22 @@ def test_hub_model_without_network_fails_fast_with_advice(offline, name, task):
         hub_tasks.load_task_model(name, task)
     assert time.perf_counter() - start < 5.0, "must not wait for the hub"
     message = str(error.value)
-    for part in (repr(name), "LLMBOOK_OFFLINE=1", pretrained.SMOLLM2_NAME, "Colab", "hf download"):
+    for part in (
+        repr(name),
+        "LLMBOOK_OFFLINE=1",
+        pretrained.SMOLLM2_NAME,
+        "Colab",
+        "hf download",
+    ):
         assert part in message
 
 
 def test_hub_causal_lm_without_network_fails_fast(offline):
     start = time.perf_counter()
     with pytest.raises(pretrained.OfflineError, match="Colab"):
-        pretrained.load_pretrained("HuggingFaceTB/SmolLM2-360M-Instruct", kind="causal-lm")
+        pretrained.load_pretrained(
+            "HuggingFaceTB/SmolLM2-360M-Instruct", kind="causal-lm"
+        )
     assert time.perf_counter() - start < 5.0
 
 

@@ -34,7 +34,11 @@ def test_word_export_round_trip_matches_the_model(tmp_path):
     model = _word_model()
     loaded = export.load_classifier(_export_word(tmp_path, model))
     assert loaded.kind == "word" and loaded.info == {"test_accuracy": 0.5}
-    texts = ["The film was great.", "A bad, bad plot<br />zzz unknown words here", "great"]
+    texts = [
+        "The film was great.",
+        "A bad, bad plot<br />zzz unknown words here",
+        "great",
+    ]
     probs = loaded.predict_proba(texts, batch_size=2)
     assert probs.shape == (3, 2)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3))
@@ -47,7 +51,9 @@ def test_word_export_round_trip_matches_the_model(tmp_path):
         ids = export.cut_head_tail(ids, 4, 2)
         with torch.no_grad():
             expected = torch.softmax(model(torch.tensor([ids])), -1)[0]
-        torch.testing.assert_close(probs[row], expected)  # padding in a batch changes nothing
+        torch.testing.assert_close(
+            probs[row], expected
+        )  # padding in a batch changes nothing
 
 
 def test_cut_head_tail():
@@ -56,7 +62,9 @@ def test_cut_head_tail():
     assert export.cut_head_tail(range(4), 3, 2) == [0, 1, 2, 3]
 
 
-def test_hf_export_round_trip_matches_the_model(tmp_path, minilm_tokenizer, tiny_bert_config):
+def test_hf_export_round_trip_matches_the_model(
+    tmp_path, minilm_tokenizer, tiny_bert_config
+):
     from transformers import BertForSequenceClassification
 
     tokenizer = minilm_tokenizer
@@ -69,7 +77,9 @@ def test_hf_export_round_trip_matches_the_model(tmp_path, minilm_tokenizer, tiny
     assert loaded.kind == "hf" and loaded.info == {"n": 1}
     texts = ["a fine<br />film", "a long review " * 20 + "that ends badly"]
     probs = loaded.predict_proba(texts)
-    ids, _ = finetune.encode_head_tail(tokenizer, [export.clean_review(t) for t in texts], 12, 4)
+    ids, _ = finetune.encode_head_tail(
+        tokenizer, [export.clean_review(t) for t in texts], 12, 4
+    )
     with torch.no_grad():
         for row, x in enumerate(ids):
             logits = model(input_ids=torch.tensor([x])).logits
@@ -89,7 +99,12 @@ def test_bad_exports_and_inputs_fail_clearly(tmp_path):
         export.load_classifier(folder)
     with pytest.raises(ValueError, match="no '<unk>' token"):
         export.export_word_classifier(
-            tmp_path / "x", _word_model(), {}, ["<pad>", "a"], head_tokens=1, tail_tokens=1
+            tmp_path / "x",
+            _word_model(),
+            {},
+            ["<pad>", "a"],
+            head_tokens=1,
+            tail_tokens=1,
         )
     with pytest.raises(ValueError, match="plain name"):
         export.export_dir("../05a", "book")

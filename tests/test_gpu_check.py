@@ -60,10 +60,14 @@ def blocked_env(tmp_path_factory):
     """An environment in which plotly, ipywidgets and IPython cannot be imported (a
     sitecustomize on PYTHONPATH, so that the script's child processes inherit it)."""
     folder = tmp_path_factory.mktemp("blocker")
-    (folder / "sitecustomize.py").write_text(BLOCKER.format(blocked=gpu_check.MUST_NOT_IMPORT))
+    (folder / "sitecustomize.py").write_text(
+        BLOCKER.format(blocked=gpu_check.MUST_NOT_IMPORT)
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(folder)
-    for module in gpu_check.MUST_NOT_IMPORT:  # the blocker works, or the tests prove nothing
+    for (
+        module
+    ) in gpu_check.MUST_NOT_IMPORT:  # the blocker works, or the tests prove nothing
         probe = subprocess.run([sys.executable, "-c", f"import {module}"], env=env)
         assert probe.returncode != 0, module
     return env
@@ -72,11 +76,20 @@ def blocked_env(tmp_path_factory):
 def run_bundle(bundle, env, out, *args, timeout=600):
     """Run the bundle's script on the CPU. ``out``: a report file, or a folder given as a string
     ending in "/" (a Path would drop the slash), which gets ``gpu_check_cpu.json``."""
-    command = [sys.executable, str(bundle / "gpu_check.py"), "--device", "cpu", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(bundle / "gpu_check.py"),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(
         [*command, *args], env=env, capture_output=True, text=True, timeout=timeout
     )
-    report_file = Path(out) / "gpu_check_cpu.json" if str(out).endswith("/") else Path(out)
+    report_file = (
+        Path(out) / "gpu_check_cpu.json" if str(out).endswith("/") else Path(out)
+    )
     report = json.loads(report_file.read_text()) if report_file.is_file() else None
     return result, report
 
@@ -84,14 +97,30 @@ def run_bundle(bundle, env, out, *args, timeout=600):
 # --- the bundle ---------------------------------------------------------------------------------
 
 
-def test_prepare_copies_the_script_the_utils_it_imports_and_a_slice_of_the_data(bundle, source):
+def test_prepare_copies_the_script_the_utils_it_imports_and_a_slice_of_the_data(
+    bundle, source
+):
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
-    assert (bundle / "gpu_check.py").read_bytes() == (ROOT / "tools" / "gpu_check.py").read_bytes()
+    assert (bundle / "gpu_check.py").read_bytes() == (
+        ROOT / "tools" / "gpu_check.py"
+    ).read_bytes()
     modules = {p.name for p in (bundle / "utils").iterdir()}
-    needed = {"__init__.py", "train.py", "models.py", "lm_recipes.py", "attention_cost.py"}
+    needed = {
+        "__init__.py",
+        "train.py",
+        "models.py",
+        "lm_recipes.py",
+        "attention_cost.py",
+    }
     assert needed <= modules
     # provenance (for --prepare only, needs nbformat), plotting, viz, data: not carried
-    assert not modules & {"provenance.py", "plotting.py", "viz.py", "data.py", "pretrained.py"}
+    assert not modules & {
+        "provenance.py",
+        "plotting.py",
+        "viz.py",
+        "data.py",
+        "pretrained.py",
+    }
     for split, limit in (("train", gpu_check.TRAIN_SLICE_BYTES), ("valid", 200_000)):
         sliced = (bundle / "data" / "wikitext-2" / f"{split}.txt").read_bytes()
         original = (source / "wikitext-2" / f"{split}.txt").read_bytes()
@@ -99,7 +128,9 @@ def test_prepare_copies_the_script_the_utils_it_imports_and_a_slice_of_the_data(
         assert len(sliced) <= limit
         assert manifest["data"][split]["bytes"] == len(sliced)
     files = [p for p in bundle.rglob("*") if p.is_file() and p.name != "MANIFEST.json"]
-    assert sorted(manifest["files"]) == sorted(p.relative_to(bundle).as_posix() for p in files)
+    assert sorted(manifest["files"]) == sorted(
+        p.relative_to(bundle).as_posix() for p in files
+    )
     for rel, info in manifest["files"].items():
         assert info["sha256"] == gpu_check._sha256(bundle / rel)
     assert manifest["total_bytes"] == sum(p.stat().st_size for p in files)
@@ -118,7 +149,14 @@ def test_prepare_refuses_a_bundle_larger_than_the_carry_limit(tmp_path, source, 
     with pytest.raises(ValueError, match="more than the"):
         gpu_check.prepare(tmp_path / "b", str(source), carry_limit=100_000)
     assert not (tmp_path / "b").exists()  # nothing half-written
-    args = ["--prepare", str(tmp_path / "c"), "--source", str(source), "--carry-limit-mib", "0.1"]
+    args = [
+        "--prepare",
+        str(tmp_path / "c"),
+        "--source",
+        str(source),
+        "--carry-limit-mib",
+        "0.1",
+    ]
     assert gpu_check.main(args) == 2
     assert "may carry" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
@@ -150,7 +188,12 @@ def test_the_bundle_folder_is_git_ignored():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     probe = subprocess.run(
-        ["git", "check-ignore", "-q", f"{gpu_check.DEFAULT_BUNDLE}/data/wikitext-2/train.txt"],
+        [
+            "git",
+            "check-ignore",
+            "-q",
+            f"{gpu_check.DEFAULT_BUNDLE}/data/wikitext-2/train.txt",
+        ],
         cwd=ROOT,
     )
     assert probe.returncode == 0
@@ -187,7 +230,11 @@ def test_cpu_mode_runs_every_check_in_both_modes(bundle, blocked_env, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert report["passed"] and report["scale"] == "cpu"
     assert report["device"]["type"] == "cpu" and report["versions"]["torch"]
-    names = [(r["mode"], r["name"]) for r in report["checks"] if r["name"] != "memory_estimate"]
+    names = [
+        (r["mode"], r["name"])
+        for r in report["checks"]
+        if r["name"] != "memory_estimate"
+    ]
     assert names == [(m, c) for m in gpu_check.MODES for c in gpu_check.CHECKS]
     for record in report["checks"]:
         assert record["passed"], record

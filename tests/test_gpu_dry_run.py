@@ -11,18 +11,24 @@ import pytest
 from utils import gpu_estimate, nb
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("[0-9]*.ipynb") if ".failed" not in p.name)
+NOTEBOOKS = sorted(
+    p for p in (ROOT / "notebooks").glob("[0-9]*.ipynb") if ".failed" not in p.name
+)
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("gpu_dry_run", ROOT / "tools" / "gpu_dry_run.py")
+    spec = importlib.util.spec_from_file_location(
+        "gpu_dry_run", ROOT / "tools" / "gpu_dry_run.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def _plan():
-    lm = gpu_estimate.Transformer(vocab=100, d_model=32, n_layers=2, n_heads=2, context=16, batch=4)
+    lm = gpu_estimate.Transformer(
+        vocab=100, d_model=32, n_layers=2, n_heads=2, context=16, batch=4
+    )
     return gpu_estimate.Plan("demo").train("train", lm, 10)
 
 
@@ -52,7 +58,9 @@ def test_every_chapter_has_one_dry_run_point_after_its_configure_cell():
         code = [c for c in book.cells if c.cell_type == "code"]
         stops = [i for i, c in enumerate(code) if "nb.dry_run_stop(" in c.source]
         assert len(stops) == 1, f"{path.name}: {len(stops)} nb.dry_run_stop() calls"
-        assert stops[0] > 2, f"{path.name}: the dry-run point comes before the configure cell"
+        assert stops[0] > 2, (
+            f"{path.name}: the dry-run point comes before the configure cell"
+        )
         last = code[stops[0]].source.strip().splitlines()[-1]
         assert re.fullmatch(r"nb\.dry_run_stop\(\w+\)", last), f"{path.name}: {last}"
 
@@ -80,7 +88,9 @@ def test_limits_and_table():
         "dry_run_seconds": 10.0,
         "estimate": within,
     }
-    failed = dict(record, notebook="y.ipynb", ok=False, error="ParameterError: no", estimate=None)
+    failed = dict(
+        record, notebook="y.ipynb", ok=False, error="ParameterError: no", estimate=None
+    )
     text = tool.table([record, failed])
     assert "x.ipynb" in text and "FAIL y.ipynb: ParameterError: no" in text
 
@@ -121,16 +131,21 @@ def test_tool_passes_a_stop_and_fails_an_error_or_no_stop(tmp_path):
     never = _notebook(tmp_path / "never.ipynb", "x = 1")
     # runs to its end: no dry-run point, and no error after one either
     never.write_text(
-        never.read_text().replace("raise RuntimeError('after the dry-run point')", "y = 2")
+        never.read_text().replace(
+            "raise RuntimeError('after the dry-run point')", "y = 2"
+        )
     )
     work = tmp_path / "out"
     work.mkdir()
     results = {
-        p.stem: tool.dry_run(p, work, timeout=120, t4_minutes=20.0) for p in (good, bad, never)
+        p.stem: tool.dry_run(p, work, timeout=120, t4_minutes=20.0)
+        for p in (good, bad, never)
     }
     assert results["good"]["ok"], results["good"]
     assert results["good"]["estimate"]["chapter"] == "t"
     assert results["good"]["stopped_at_cell"] == 1
     assert not results["bad"]["ok"] and "too few batches" in results["bad"]["error"]
-    assert not results["never"]["ok"] and "without reaching" in results["never"]["error"]
+    assert (
+        not results["never"]["ok"] and "without reaching" in results["never"]["error"]
+    )
     json.dumps(results)

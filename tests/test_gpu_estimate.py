@@ -24,9 +24,13 @@ def test_parameter_counts_match_the_book_models():
         vocab=1000, d_model=64, n_layers=3, n_heads=4, context=32, batch=2, positions=32
     )
     assert shape.n_params == count_parameters(lm)
-    linear = sum(m.weight.numel() for m in lm.modules() if isinstance(m, torch.nn.Linear))
+    linear = sum(
+        m.weight.numel() for m in lm.modules() if isinstance(m, torch.nn.Linear)
+    )
     assert shape.matmul_params == linear  # the blocks and the (tied) output layer
-    classifier = TransformerClassifier(1000, 2, d_model=64, n_heads=4, n_layers=3, max_len=32)
+    classifier = TransformerClassifier(
+        1000, 2, d_model=64, n_heads=4, n_layers=3, max_len=32
+    )
     untied = ge.replace(shape, output_rows=2, tied=False)
     assert untied.n_params == count_parameters(classifier)
 
@@ -41,8 +45,12 @@ def test_training_flops_equal_the_counted_flops_of_a_step():
     with counter:
         logits = model(x[:, :-1], return_attention=True)[0]
         F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).backward()
-    shape = ge.Transformer(vocab=V, d_model=d, n_layers=n, n_heads=H, context=L, batch=B)
-    assert counter.get_total_flops() == 3 * shape.forward_flops_per_token() * shape.tokens
+    shape = ge.Transformer(
+        vocab=V, d_model=d, n_layers=n, n_heads=H, context=L, batch=B
+    )
+    assert (
+        counter.get_total_flops() == 3 * shape.forward_flops_per_token() * shape.tokens
+    )
 
 
 # Sizes the book profile trains: 4b (a big vocabulary: the logits dominate), 5e's largest
@@ -50,8 +58,12 @@ def test_training_flops_equal_the_counted_flops_of_a_step():
 # attention weights written out.
 BOOK_SIZES = {
     "4b": dict(vocab=33_278, d_model=128, n_layers=2, n_heads=4, context=64, batch=16),
-    "5e d192-L4": dict(vocab=97, d_model=192, n_layers=4, n_heads=6, context=128, batch=16),
-    "7.5": dict(vocab=30_522, d_model=256, n_layers=4, n_heads=4, context=128, batch=16),
+    "5e d192-L4": dict(
+        vocab=97, d_model=192, n_layers=4, n_heads=6, context=128, batch=16
+    ),
+    "7.5": dict(
+        vocab=30_522, d_model=256, n_layers=4, n_heads=4, context=128, batch=16
+    ),
     "7.7": dict(vocab=8192, d_model=256, n_layers=4, n_heads=4, context=256, batch=8),
     "7.7 explicit": dict(
         vocab=8192,
@@ -98,12 +110,18 @@ def test_memory_estimate_matches_the_measured_cpu_peak(name, precision):
 
 
 def test_time_is_the_flops_or_the_per_step_floor():
-    tiny = ge.Transformer(vocab=97, d_model=32, n_layers=2, n_heads=2, context=128, batch=32)
-    big = ge.Transformer(vocab=8192, d_model=768, n_layers=12, n_heads=12, context=512, batch=8)
+    tiny = ge.Transformer(
+        vocab=97, d_model=32, n_layers=2, n_heads=2, context=128, batch=32
+    )
+    big = ge.Transformer(
+        vocab=8192, d_model=768, n_layers=12, n_heads=12, context=512, batch=8
+    )
     for gpu in ge.TARGETS:
         seconds = ge.Plan("x").train("t", tiny, 1000).estimate(gpu)["seconds"]
         assert seconds == pytest.approx(1000 * gpu.step_floor(2))  # launch-bound
-        seconds = ge.Plan("x").train("t", big, 10, precision="fp32").estimate(gpu)["seconds"]
+        seconds = (
+            ge.Plan("x").train("t", big, 10, precision="fp32").estimate(gpu)["seconds"]
+        )
         flops = 10 * 3 * big.forward_flops_per_token() * big.tokens
         assert seconds == pytest.approx(flops / gpu.flops_per_s("fp32"))
     budget = ge.Plan("x").train("t", big, budget_s=150.0, eval_batches=2)
@@ -114,7 +132,9 @@ def test_time_is_the_flops_or_the_per_step_floor():
 
 
 def test_plan_peak_total_and_per_gpu_models():
-    lm = ge.Transformer(vocab=8192, d_model=256, n_layers=4, n_heads=4, context=256, batch=8)
+    lm = ge.Transformer(
+        vocab=8192, d_model=256, n_layers=4, n_heads=4, context=256, batch=8
+    )
     plan = ge.Plan("demo").host("cpu work", 10.0).train("train", lm, 100)
     plan.forward("eval", lm, 5).decode("decode", ge.replace(lm, context=1), 20)
     plan.compute("matmul", 1e12, 2 * MiB).fixed("timed", 3.0, 5 * MiB)
@@ -137,7 +157,9 @@ def test_plan_peak_total_and_per_gpu_models():
 
 
 def test_largest_fitting_and_usable_memory():
-    assert ge.T4.usable_bytes == ge.usable_bytes(ge.T4.memory_bytes, ge.T4.context_bytes)
+    assert ge.T4.usable_bytes == ge.usable_bytes(
+        ge.T4.memory_bytes, ge.T4.context_bytes
+    )
     assert ge.T4.usable_bytes < ge.T4.memory_bytes
     sizes = [4, 2, 1]
 

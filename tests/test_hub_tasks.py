@@ -41,7 +41,9 @@ def test_best_span_never_ends_before_it_starts():
         hub_tasks.best_span(start, end, torch.ones(3, dtype=torch.bool), 0)
 
 
-def test_extractive_answer_is_a_piece_of_the_passage(minilm_tokenizer, tiny_bert_config):
+def test_extractive_answer_is_a_piece_of_the_passage(
+    minilm_tokenizer, tiny_bert_config
+):
     torch.manual_seed(0)
     model = transformers.BertForQuestionAnswering(tiny_bert_config()).eval()
     passage = "The Eiffel Tower was finished in 1889 for the World's Fair in Paris."

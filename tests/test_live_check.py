@@ -46,20 +46,26 @@ def test_external_urls(url):
 
 
 def test_a_clean_chapter_passes():
-    result = live_check.ChapterResult("01_background", stored_figures=3, figures=3, drawn=3)
+    result = live_check.ChapterResult(
+        "01_background", stored_figures=3, figures=3, drawn=3
+    )
     result.widgets_checked = 1
     assert result.ok and result.failures() == []
 
 
 def test_every_kind_of_failure_is_named():
-    result = live_check.ChapterResult("03a_attention_math", stored_figures=6, figures=5, drawn=1)
+    result = live_check.ChapterResult(
+        "03a_attention_math", stored_figures=6, figures=5, drawn=1
+    )
     result.undrawn_ids = ["fig-a", "fig-b", "fig-c", "fig-d"]
     result.external = ["https://cdn.plot.ly/plotly-7.1.0.min.js"]
     result.console = ["Failed to load resource: net::ERR_BLOCKED_BY_CLIENT"]
     result.errors = ["cell 12: ValueError: bad"]
     result.not_executed = [13, 14]
     result.widgets_checked = 1
-    result.widget_failures = ["cost calculator: output unchanged 60 s after fill 'parameters N'"]
+    result.widget_failures = [
+        "cost calculator: output unchanged 60 s after fill 'parameters N'"
+    ]
     text = "\n".join(result.failures())
     assert not result.ok
     assert "4 of 5 plotly figures not drawn (no svg.main-svg in fig-a, fig-b" in text
@@ -95,7 +101,17 @@ def test_the_table_and_the_exit_status():
         "seconds",
         "result",
     ]
-    assert lines[2].split() == ["01_background", "3/3", "0/0", "1/1", "0", "0", "0", "20", "ok"]
+    assert lines[2].split() == [
+        "01_background",
+        "3/3",
+        "0/0",
+        "1/1",
+        "0",
+        "0",
+        "0",
+        "20",
+        "ok",
+    ]
     assert lines[3].split() == [
         "03a_attention_math",
         "0/6",
@@ -113,7 +129,10 @@ def test_the_table_and_the_exit_status():
 
 
 def test_chapters_are_chosen_by_prefix_in_file_order():
-    assert live_check.select_chapters(["07", "01_background.ipynb"]) == ["01_background", "07_faq"]
+    assert live_check.select_chapters(["07", "01_background.ipynb"]) == [
+        "01_background",
+        "07_faq",
+    ]
     assert live_check.select_chapters(["05"])[:2] == [
         "05a_imdb_classifier",
         "05b_wikitext_language_models",
@@ -160,7 +179,10 @@ def test_widget_checks_name_real_chapters_and_labels():
         for check in checks:
             labels = {check.anchor} | {step.target for step in check.steps}
             for label in labels:
-                assert re.search(rf"description=\"{re.escape(label)}\"", sources), (chapter, label)
+                assert re.search(rf"description=\"{re.escape(label)}\"", sources), (
+                    chapter,
+                    label,
+                )
             assert {step.action for step in check.steps} <= {"fill", "slider", "click"}
             assert any(step.changes for step in check.steps)
 
@@ -172,7 +194,9 @@ def test_missing_chromium_fails_with_the_install_command(monkeypatch, capsys, tm
 
 
 def test_only_listed_console_errors_are_harmless(monkeypatch):
-    text = "Failed to load resource: the server responded with a status of 404 (/api/foo)"
+    text = (
+        "Failed to load resource: the server responded with a status of 404 (/api/foo)"
+    )
     assert not live_check.harmless_console_error(text)
     monkeypatch.setattr(
         live_check, "HARMLESS_CONSOLE_ERRORS", [(r"status of 404 \(/api/foo\)", "x")]

@@ -36,16 +36,24 @@ def test_tied_adaptive_softmax_equals_pytorch_adaptive_softmax(monkeypatch, path
     torch.manual_seed(0)
     ours = R.TiedAdaptiveSoftmax(D, V, CUTOFFS)
     embedding = torch.randn(V, D)
-    theirs = torch.nn.AdaptiveLogSoftmaxWithLoss(D, V, CUTOFFS, div_value=1.0, head_bias=False)
-    with torch.no_grad():  # the same parameters in PyTorch's layout: identity projections
-        theirs.head.weight.copy_(torch.cat([embedding[:10], ours.cluster_scores.weight]))
+    theirs = torch.nn.AdaptiveLogSoftmaxWithLoss(
+        D, V, CUTOFFS, div_value=1.0, head_bias=False
+    )
+    with (
+        torch.no_grad()
+    ):  # the same parameters in PyTorch's layout: identity projections
+        theirs.head.weight.copy_(
+            torch.cat([embedding[:10], ours.cluster_scores.weight])
+        )
         for k, (lo, hi) in enumerate([(10, 30), (30, V)]):
             theirs.tail[k][0].weight.copy_(torch.eye(D))
             theirs.tail[k][1].weight.copy_(embedding[lo:hi])
     h = torch.randn(64, D)
     assert_close(ours.log_probs(h, embedding), theirs.log_prob(h))
     targets = torch.randint(0, V, (64,))
-    assert_close(ours.target_log_probs(h, targets, embedding), theirs(h, targets).output)
+    assert_close(
+        ours.target_log_probs(h, targets, embedding), theirs(h, targets).output
+    )
 
 
 def test_adaptive_distribution_sums_to_one_and_gathers():
@@ -55,10 +63,14 @@ def test_adaptive_distribution_sums_to_one_and_gathers():
     full = softmax.log_probs(h, embedding)
     assert_close(full.exp().sum(-1), torch.ones(20))
     targets = torch.arange(20) * 2  # head and both tail clusters
-    assert_close(softmax.target_log_probs(h, targets, embedding), full[torch.arange(20), targets])
+    assert_close(
+        softmax.target_log_probs(h, targets, embedding), full[torch.arange(20), targets]
+    )
 
 
-@pytest.mark.parametrize("targets_below", [V, CUTOFFS[1]])  # all clusters; the last one empty
+@pytest.mark.parametrize(
+    "targets_below", [V, CUTOFFS[1]]
+)  # all clusters; the last one empty
 def test_both_paths_give_the_same_log_probs_and_gradients(monkeypatch, targets_below):
     """The accelerator path scores every row of every cluster and keeps each row's own value
     (torch.where); the CPU path scores only a cluster's rows. Same values up to rounding, and
@@ -99,7 +111,9 @@ def test_adaptive_loss_is_the_full_cross_entropy(kind):
     assert_close(loss, F.cross_entropy(model(x).flatten(0, 1), y.flatten()))
     assert metrics == {} and n == 36
     # the output weights are the embedding (tied): one tensor
-    assert model.embedding_weight.data_ptr() in {p.data_ptr() for p in model.parameters()}
+    assert model.embedding_weight.data_ptr() in {
+        p.data_ptr() for p in model.parameters()
+    }
 
 
 def test_batchify_and_eval_chunks_cover_every_target_once():
@@ -173,14 +187,20 @@ def test_sample_extends_the_prompt_and_rejects_bad_temperature():
     torch.manual_seed(0)
     model = R.AdaptiveTransformerLM(V, CUTOFFS, 16, 2, 1, max_len=8)
     prompt = torch.tensor([[1, 2, 3]])
-    out = R.sample(model, prompt, 12, 1.0, context=8, generator=torch.Generator().manual_seed(0))
+    out = R.sample(
+        model, prompt, 12, 1.0, context=8, generator=torch.Generator().manual_seed(0)
+    )
     assert out.shape == (1, 15) and torch.equal(out[:, :3], prompt)
     for temperature in (0.0, float("inf")):  # one rule with decoding: finite and > 0
         with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
-            R.sample(model, prompt, 2, temperature, context=8, generator=torch.Generator())
+            R.sample(
+                model, prompt, 2, temperature, context=8, generator=torch.Generator()
+            )
 
 
-@pytest.mark.parametrize("name", ["adaptive transformer", "adaptive lstm", "seed tutorial"])
+@pytest.mark.parametrize(
+    "name", ["adaptive transformer", "adaptive lstm", "seed tutorial"]
+)
 def test_decoding_generate_drives_the_recipe_models(name):
     """The one sampling loop runs the models that have no ``max_len``, given ``context=``,
     and draws what the tutorial's loop drew: softmax(log-probs / T), one multinomial draw."""
@@ -189,14 +209,21 @@ def test_decoding_generate_drives_the_recipe_models(name):
 
     torch.manual_seed(0)
     model = {
-        "adaptive transformer": lambda: R.AdaptiveTransformerLM(V, CUTOFFS, 16, 2, 1, max_len=8),
+        "adaptive transformer": lambda: R.AdaptiveTransformerLM(
+            V, CUTOFFS, 16, 2, 1, max_len=8
+        ),
         "adaptive lstm": lambda: R.AdaptiveLSTMLM(V, CUTOFFS, 16, 1),
         "seed tutorial": lambda: R.SeedTutorialLM(V, d_model=16, d_ff=16, n_layers=1),
     }[name]()
     model.train()
     prompt = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
     out = decoding.generate(
-        model, prompt, 6, temperature=0.8, context=8, generator=torch.Generator().manual_seed(1)
+        model,
+        prompt,
+        6,
+        temperature=0.8,
+        context=8,
+        generator=torch.Generator().manual_seed(1),
     )
     assert model.training  # its mode is given back
     assert out.ids.shape == (1, 8 + 6) and out.dropped == 2 and out.note is not None
@@ -207,10 +234,14 @@ def test_decoding_generate_drives_the_recipe_models(name):
         for _ in range(6):
             logits = logits_of(model(ids[:, -8:]))[:, -1].float()
             probs = torch.softmax(logits / 0.8, dim=-1)
-            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], dim=1)
+            ids = torch.cat(
+                [ids, torch.multinomial(probs, 1, generator=generator)], dim=1
+            )
     assert torch.equal(out.new_ids, ids[:, -6:])
     with pytest.raises(TypeError, match="context=N"):
-        decoding.generate(model, prompt, 2)  # no max_len and no context: say what to pass
+        decoding.generate(
+            model, prompt, 2
+        )  # no max_len and no context: say what to pass
     with pytest.raises(ValueError, match="context"):
         decoding.generate(model, prompt, 2, context=0)
 

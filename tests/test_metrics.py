@@ -40,14 +40,20 @@ def make_step(recorder, step, losses, n_tokens, accuracy, grad_norm=1.0, lr=0.1)
 def test_recorder_means_over_micro_batches_and_fills_the_history_on_flush():
     recorder, history = StepRecorder(flops_per_token=10.0, peak_flops=1e6), History()
     make_step(recorder, 1, [2.0, 4.0], [10, 30], [0.5, 0.1])
-    make_step(recorder, 2, [1.0, 1.0], [20, torch.tensor(20)], [1.0, 0.0], grad_norm=3.0)
+    make_step(
+        recorder, 2, [1.0, 1.0], [20, torch.tensor(20)], [1.0, 0.0], grad_norm=3.0
+    )
     assert len(history) == 0  # nothing read yet
     recorder.flush(history)
     assert history.steps == [1, 2]
     assert history.train_loss == [3.0, 1.0]  # mean of the micro-batch means
-    assert history.train_metrics["accuracy"] == pytest.approx([0.2, 0.5])  # token-weighted
+    assert history.train_metrics["accuracy"] == pytest.approx(
+        [0.2, 0.5]
+    )  # token-weighted
     assert history.grad_norm == [1.0, 3.0] and history.lr == [0.1, 0.1]
-    assert history.tokens_per_s[0] == history.tokens_per_s[1] > 0  # one rate for the span
+    assert (
+        history.tokens_per_s[0] == history.tokens_per_s[1] > 0
+    )  # one rate for the span
     assert history.mfu == pytest.approx([10.0 * t / 1e6 for t in history.tokens_per_s])
     recorder.flush(history)  # nothing pending: nothing happens
     assert len(history) == 2
@@ -72,7 +78,9 @@ def test_recorder_raises_at_the_first_non_finite_value():
     assert error.value.step == 2 and history.steps == [1]
 
     recorder, history = StepRecorder(), History()
-    make_step(recorder, 1, [1.0], [1], [0.0], grad_norm=math.inf)  # fp16 overflow: normal
+    make_step(
+        recorder, 1, [1.0], [1], [0.0], grad_norm=math.inf
+    )  # fp16 overflow: normal
     make_step(recorder, 2, [math.nan], [1], [0.0])
     with pytest.raises(NonFiniteLossError, match="loss .* step 2"):
         recorder.flush(history, check_grad_norm=False)

@@ -29,7 +29,9 @@ def test_tiny_run_writes_a_complete_report(tmp_path):
     for size in run["sizes"].values():
         assert size["tokens_per_s_median"] > 0
         assert math.isfinite(size["mfu"]) and size["mfu"] > 0
-        assert size["mfu_dense_attention"] > size["mfu"]  # counts the whole T x T matrix
+        assert (
+            size["mfu_dense_attention"] > size["mfu"]
+        )  # counts the whole T x T matrix
         assert size["mfu"] == pytest.approx(statistics.median(size["mfu_per_repeat"]))
     breakdown = report["time_breakdown"]
     assert sum(breakdown["time_share"].values()) == pytest.approx(1.0)
@@ -46,7 +48,9 @@ def test_model_flops_follow_the_books_convention():
     n = flops["non_embedding_params"]
     d, layers, t, v = shape.d_model, shape.n_layers, args.context, args.vocab
     assert flops["per_token"] == 3 * (2 * n + 2 * layers * t * d + 2 * d * v)
-    assert flops["per_token_dense_attention"] == 3 * (2 * n + 4 * layers * t * d + 2 * d * v)
+    assert flops["per_token_dense_attention"] == 3 * (
+        2 * n + 4 * layers * t * d + 2 * d * v
+    )
     shares = flops["share_weights"] + flops["share_attention"] + flops["share_lm_head"]
     assert shares == pytest.approx(1.0)
 

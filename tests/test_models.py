@@ -57,7 +57,9 @@ def test_lm_is_causal_by_perturbation(pos_encoding, return_attention):
     idx = torch.randint(0, V, (2, 10))
     t = 5
     changed = idx.clone()
-    changed[:, t + 1 :] = (idx[:, t + 1 :] + 1 + torch.randint(0, V - 1, (2, 10 - t - 1))) % V
+    changed[:, t + 1 :] = (
+        idx[:, t + 1 :] + 1 + torch.randint(0, V - 1, (2, 10 - t - 1))
+    ) % V
     assert (changed[:, t + 1 :] != idx[:, t + 1 :]).all()
 
     def run(x):
@@ -85,7 +87,9 @@ def test_lm_gpt2_initialisation():
     model = TransformerLM(V, d, 4, n_layers, max_len=MAX_LEN)
     block = model.blocks[1]
     residual_std = 0.02 / math.sqrt(2 * n_layers)
-    assert block.attn.out_proj.weight.std().item() == pytest.approx(residual_std, rel=0.1)
+    assert block.attn.out_proj.weight.std().item() == pytest.approx(
+        residual_std, rel=0.1
+    )
     assert block.mlp.proj.weight.std().item() == pytest.approx(residual_std, rel=0.1)
     assert block.attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
     assert model.token_embedding.weight.std().item() == pytest.approx(0.02, rel=0.1)
@@ -139,7 +143,9 @@ def test_filter_logits_top_k_and_top_p_by_hand():
 
 
 def test_filter_logits_batches_and_ties():
-    logits = torch.stack([PROBS.log(), PROBS.flip(0).log()])  # second row: ranking 2, 0, 1, 3
+    logits = torch.stack(
+        [PROBS.log(), PROBS.flip(0).log()]
+    )  # second row: ranking 2, 0, 1, 3
     out = filter_logits(logits, top_k=2)
     assert _kept(out[0]) == {1, 3} and _kept(out[1]) == {2, 0}
     out = filter_logits(logits, top_p=0.7)
@@ -149,7 +155,14 @@ def test_filter_logits_batches_and_ties():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(top_k=0), dict(top_k=1.5), dict(top_p=0.0), dict(top_p=1.5), dict(top_p=True)]
+    "kwargs",
+    [
+        dict(top_k=0),
+        dict(top_k=1.5),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_p=True),
+    ],
 )
 def test_filter_logits_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
@@ -162,7 +175,9 @@ def test_generate_is_reproducible_with_a_seeded_generator():
 
     def sample(seed):
         gen = torch.Generator().manual_seed(seed)
-        return model.generate(idx, 6, temperature=1.5, top_k=20, top_p=0.95, generator=gen)
+        return model.generate(
+            idx, 6, temperature=1.5, top_k=20, top_p=0.95, generator=gen
+        )
 
     out = sample(0)
     assert out.shape == (2, 9) and out.dtype == torch.long
@@ -174,7 +189,9 @@ def test_generate_is_reproducible_with_a_seeded_generator():
 def test_generate_greedy_is_argmax_and_crops_to_max_len():
     model = tiny_lm(pos_encoding="rope")
     prompt = torch.randint(0, V, (2, 9))
-    out = model.generate(prompt, 8, greedy=True)  # 9 + 8 > MAX_LEN: the context is cropped
+    out = model.generate(
+        prompt, 8, greedy=True
+    )  # 9 + 8 > MAX_LEN: the context is cropped
     # reference loop written out by hand
     seq = prompt.clone()
     with torch.no_grad():
@@ -183,7 +200,9 @@ def test_generate_greedy_is_argmax_and_crops_to_max_len():
             seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out, seq)
     # a prompt longer than max_len only uses its last max_len tokens
-    long_prompt = torch.cat([torch.randint(0, V, (2, 5)), prompt], dim=1)  # 14 > MAX_LEN
+    long_prompt = torch.cat(
+        [torch.randint(0, V, (2, 5)), prompt], dim=1
+    )  # 14 > MAX_LEN
     cropped = long_prompt[:, -MAX_LEN:]
     assert torch.equal(
         model.generate(long_prompt, 3, greedy=True)[:, -3:],
@@ -223,7 +242,13 @@ def test_generate_restores_mode_and_validates():
 
 def tiny_classifier(pooling):
     return TransformerClassifier(
-        V, num_classes=3, d_model=D, n_heads=H, n_layers=2, max_len=MAX_LEN, pooling=pooling
+        V,
+        num_classes=3,
+        d_model=D,
+        n_heads=H,
+        n_layers=2,
+        max_len=MAX_LEN,
+        pooling=pooling,
     ).eval()
 
 
@@ -279,7 +304,9 @@ def test_on_an_accelerator_the_forward_pass_reads_no_values(monkeypatch):
     idx = torch.tensor([[3, 4, 0], [0, 0, 0], [5, 0, 0]])
     with monkeypatch.context() as patch:
         for read in ("__bool__", "item", "tolist", "nonzero"):
-            patch.setattr(torch.Tensor, read, None)  # any value read now raises TypeError
+            patch.setattr(
+                torch.Tensor, read, None
+            )  # any value read now raises TypeError
         models._check_ids(torch.tensor([[-1, V]]), V, MAX_LEN)  # the range is not read
         with pytest.raises(ValueError, match="max_len"):  # shapes still are
             models._check_ids(torch.zeros(1, MAX_LEN + 1, dtype=torch.long), V, MAX_LEN)
@@ -350,7 +377,9 @@ def test_count_parameters_matches_the_formula():
     assert non_embedding == 12 * n_layers * d**2 + n_layers * 13 * d + 2 * d
     assert count_parameters(model, exclude="embedding") == non_embedding
     assert count_parameters(model) == non_embedding + V * d + max_len * d
-    untied = TransformerLM(V, d, 4, n_layers, d_ff=50, max_len=max_len, tie_weights=False)
+    untied = TransformerLM(
+        V, d, 4, n_layers, d_ff=50, max_len=max_len, tie_weights=False
+    )
     expected = n_layers * block_params(d, 50) + 2 * d + V * d  # lm_head has no bias
     assert count_parameters(untied, exclude=("embedding",)) == expected
     rope = TransformerLM(V, d, 4, n_layers, max_len=max_len, pos_encoding="rope")
@@ -360,14 +389,19 @@ def test_count_parameters_matches_the_formula():
         p.requires_grad_(False)
     frozen = block_params(d, 4 * d)
     assert count_parameters(model, exclude="embedding") == non_embedding - frozen
-    assert count_parameters(model, trainable_only=False, exclude="embedding") == non_embedding
+    assert (
+        count_parameters(model, trainable_only=False, exclude="embedding")
+        == non_embedding
+    )
 
 
 def test_count_parameters_other_models():
     d, h, n_layers, C = 8, 12, 2, 3
     lstm = LSTMLM(V, d, h, n_layers)
     # PyTorch's LSTM has 4 gates, an input and a recurrent weight, and two biases per layer
-    per_layer = [4 * h * d + 4 * h * h + 8 * h] + [4 * h * h + 4 * h * h + 8 * h] * (n_layers - 1)
+    per_layer = [4 * h * d + 4 * h * h + 8 * h] + [4 * h * h + 4 * h * h + 8 * h] * (
+        n_layers - 1
+    )
     assert count_parameters(lstm) == V * d + sum(per_layer) + h * V + V
     clf = TransformerClassifier(V, C, D, H, n_layers, max_len=MAX_LEN, pooling="cls")
     body = n_layers * block_params(D, 4 * D) + 2 * D + D * C + C
@@ -379,12 +413,21 @@ def test_count_parameters_other_models():
 
 def test_flops_formula_terms():
     n, n_layers, d, ctx = 1000, 2, 8, 16
-    assert flops_per_token(n, n_layers, d, ctx, training=False) == 2 * n + 2 * n_layers * ctx * d
+    assert (
+        flops_per_token(n, n_layers, d, ctx, training=False)
+        == 2 * n + 2 * n_layers * ctx * d
+    )
     assert flops_per_token(n, n_layers, d, ctx) == 3 * (2 * n + 2 * n_layers * ctx * d)
-    parts = flops_breakdown(n, n_layers, d, ctx, training=False, vocab_size=50, attention="dense")
+    parts = flops_breakdown(
+        n, n_layers, d, ctx, training=False, vocab_size=50, attention="dense"
+    )
     assert parts["attention"] == 4 * n_layers * ctx * d
     assert parts["lm_head"] == 2 * d * 50
-    assert parts["total"] == parts["forward"] == 2 * n + parts["attention"] + parts["lm_head"]
+    assert (
+        parts["total"]
+        == parts["forward"]
+        == 2 * n + parts["attention"] + parts["lm_head"]
+    )
     with pytest.raises(ValueError):
         flops_per_token(n, n_layers, d, ctx, attention="sparse")
     with pytest.raises(ValueError):
@@ -427,7 +470,9 @@ def test_flops_estimate_matches_flop_counter(return_attention):
     # is high by exactly 2 FLOPs per token per bias/LN parameter. Those are ~13·d per layer
     # against 12·d² weights, i.e. ~13 / (12·d) of N: 7% at d = 16, 0.1% at d = 768.
     kaplan_n = count_parameters(model, exclude="embedding")
-    estimate = tokens * flops_per_token(kaplan_n, n_layers, d, L, training=False, **kwargs)
+    estimate = tokens * flops_per_token(
+        kaplan_n, n_layers, d, L, training=False, **kwargs
+    )
     counted = count(forward)
     assert estimate - counted == tokens * 2 * (kaplan_n - matmul_weights)
     assert 0 < (estimate - counted) / counted < 13 / (12 * d)

@@ -91,7 +91,14 @@ def test_environment_report_mentions_torch_and_device():
 
 
 def _namespace(**overrides):
-    ns = {"profile": "smoke", "seed": 0, "device": "cpu", "steps": None, "frac": None, "opt": None}
+    ns = {
+        "profile": "smoke",
+        "seed": 0,
+        "device": "cpu",
+        "steps": None,
+        "frac": None,
+        "opt": None,
+    }
     ns.update(overrides)
     return ns
 
@@ -107,7 +114,11 @@ def test_configure_fills_defaults_per_profile_and_writes_back(capsys):
     ns = _namespace()
     cfg = nb.configure(ns, KNOBS)
     assert (cfg.steps, cfg.frac, cfg.opt) == (2, 0.1, "sgd")
-    assert ns["steps"] == 2 and ns["device"] == torch.device("cpu") and ns["profile"] == "smoke"
+    assert (
+        ns["steps"] == 2
+        and ns["device"] == torch.device("cpu")
+        and ns["profile"] == "smoke"
+    )
     out = capsys.readouterr().out
     assert "steps = 2" in out and "(smoke default)" in out
     cfg = nb.configure(_namespace(profile="book", steps=7), KNOBS, report=False)
@@ -119,7 +130,10 @@ def test_configure_fills_defaults_per_profile_and_writes_back(capsys):
     [
         ({"steps": 0}, r"steps=0 is out of range.*>= 1"),
         ({"frac": 2.0}, r"frac=2.0 is out of range.*between 0.001 and 1.0"),
-        ({"opt": "adam"}, r"opt='adam' is not allowed; choose one of \('sgd', 'adamw'\)"),
+        (
+            {"opt": "adam"},
+            r"opt='adam' is not allowed; choose one of \('sgd', 'adamw'\)",
+        ),
         ({"profile": "fast"}, "smoke, book, gpu"),
         ({"seed": -1}, "seed=-1"),
         ({"device": "banana"}, "not a valid torch device"),
@@ -135,7 +149,9 @@ def test_configure_rejects_a_knob_missing_from_the_parameters_cell_or_malformed(
     del ns["frac"]
     with pytest.raises(nb.ParameterError, match="defines no frac"):
         nb.configure(ns, KNOBS, report=False)
-    with pytest.raises(nb.ParameterError, match=r"expected \(smoke, book, gpu, allowed\)"):
+    with pytest.raises(
+        nb.ParameterError, match=r"expected \(smoke, book, gpu, allowed\)"
+    ):
         nb.configure(_namespace(), {"steps": (1, 2, nb.Int(1))}, report=False)
     with pytest.raises(nb.ParameterError, match="handled by configure"):
         nb.configure(_namespace(), {"seed": (1, 2, 3, nb.Int(0))}, report=False)
@@ -150,7 +166,9 @@ def test_glue_writes_what_myst_nb_glue_writes():
 
     shell = InteractiveShell.instance()
     captured = []
-    shell.display_pub.publish = lambda data, metadata=None, **kw: captured.append((data, metadata))
+    shell.display_pub.publish = lambda data, metadata=None, **kw: captured.append(
+        (data, metadata)
+    )
     assert nb.glue("ppl", 1203.84, ",.1f") is None  # no Out[] when it ends a cell
     myst_glue("ppl", "1,203.8", display=False)
     assert captured[0] == captured[1]

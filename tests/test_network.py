@@ -14,7 +14,13 @@ from utils import network
 def fresh_network_cache(monkeypatch):
     """Each test starts with an empty network cache and no forcing or proxy variables."""
     monkeypatch.setattr(network, "_cache", {})
-    for name in (network.OFFLINE_ENV, "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for name in (
+        network.OFFLINE_ENV,
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

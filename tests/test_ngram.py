@@ -23,7 +23,9 @@ TEST = [["the", "cat", "saw", "a", "bird"], ["down", "the", "dog", "sat"], []]
 
 
 def _padded(sentence, n):
-    return [BOS] * (n - 1) + [w if w in _vocab_words() else UNK for w in sentence] + [EOS]
+    return (
+        [BOS] * (n - 1) + [w if w in _vocab_words() else UNK for w in sentence] + [EOS]
+    )
 
 
 def _vocab_words():
@@ -63,7 +65,9 @@ def reference_perplexity(n, discount, kneser_ney=True):
     for s in TEST:
         p = _padded(s, n)
         for i in range(n - 1, len(p)):
-            logp += math.log(reference_prob(p[i], p[i - n + 1 : i], n, discount, kneser_ney))
+            logp += math.log(
+                reference_prob(p[i], p[i - n + 1 : i], n, discount, kneser_ney)
+            )
             tokens += 1
     return math.exp(-logp / tokens)
 
@@ -97,7 +101,10 @@ def test_distribution_sums_to_one(order, smoothing, kwargs):
         dist = lm.distribution(context)
         assert set(dist) == set(lm.vocab) and BOS not in dist
         assert all(p > 0 for p in dist.values())  # smoothing leaves no zero
-        assert math.isclose(sum(dist.values()), 1.0, rel_tol=1e-12), (context, sum(dist.values()))
+        assert math.isclose(sum(dist.values()), 1.0, rel_tol=1e-12), (
+            context,
+            sum(dist.values()),
+        )
 
 
 def test_mle_sums_to_one_for_seen_contexts_and_zero_for_unseen():
@@ -124,7 +131,9 @@ def test_probabilities_and_perplexity_match_brute_force(order, kneser_ney):
                 rel_tol=1e-12,
             ), (word, context)
     assert math.isclose(
-        lm.perplexity(TEST), reference_perplexity(order, 0.75, kneser_ney), rel_tol=1e-12
+        lm.perplexity(TEST),
+        reference_perplexity(order, 0.75, kneser_ney),
+        rel_tol=1e-12,
     )
 
 
@@ -135,7 +144,9 @@ def test_perplexity_is_exp_of_mean_negative_logprob_over_words_and_eos():
         for t, w in enumerate(s + [EOS]):
             logps.append(lm.logprob(w, s[:t]))
     assert len(logps) == sum(len(s) + 1 for s in TEST)
-    assert math.isclose(lm.perplexity(TEST), math.exp(-sum(logps) / len(logps)), rel_tol=1e-12)
+    assert math.isclose(
+        lm.perplexity(TEST), math.exp(-sum(logps) / len(logps)), rel_tol=1e-12
+    )
     assert math.isclose(lm.cross_entropy(TEST), -sum(logps) / len(logps), rel_tol=1e-12)
 
 
@@ -174,17 +185,23 @@ def test_order_one_mle_is_relative_frequency():
 
 def test_mle_gives_zero_to_unseen_ngrams_and_infinite_perplexity():
     lm = NGramLM(2, smoothing="mle").fit(TRAIN)
-    assert lm.prob("sat", ["dog"]) == pytest.approx(1 / 4)  # dog -> sat, dog, </s>, </s>
+    assert lm.prob("sat", ["dog"]) == pytest.approx(
+        1 / 4
+    )  # dog -> sat, dog, </s>, </s>
     assert lm.prob("cat", ["dog"]) == 0.0
     assert lm.logprob("cat", ["dog"]) == -math.inf
     assert lm.perplexity(TEST) == math.inf
     assert math.isfinite(lm.perplexity(TRAIN))
     # the unseen bigrams of TEST, counted by hand from the padded sentences
     seen = {
-        (a, b) for s in TRAIN for a, b in zip(_padded(s, 2)[:-1], _padded(s, 2)[1:], strict=True)
+        (a, b)
+        for s in TRAIN
+        for a, b in zip(_padded(s, 2)[:-1], _padded(s, 2)[1:], strict=True)
     }
     test_bigrams = [
-        (a, b) for s in TEST for a, b in zip(_padded(s, 2)[:-1], _padded(s, 2)[1:], strict=True)
+        (a, b)
+        for s in TEST
+        for a, b in zip(_padded(s, 2)[:-1], _padded(s, 2)[1:], strict=True)
     ]
     expected = sum(bg not in seen for bg in test_bigrams) / len(test_bigrams)
     assert lm.unseen_rate(TEST) == pytest.approx(expected)

@@ -82,7 +82,9 @@ def test_sgd_param_groups_match_torch():
     group_options = {"lr": 0.02, "momentum": 0.8, "nesterov": True, "weight_decay": 0.1}
     kwargs = {"lr": 0.1, "momentum": 0.9}
     ours = _train(optim.SGD, kwargs, grouped=True, group_options=group_options)
-    reference = _train(torch.optim.SGD, kwargs, grouped=True, group_options=group_options)
+    reference = _train(
+        torch.optim.SGD, kwargs, grouped=True, group_options=group_options
+    )
     _assert_same_parameters(ours, reference)
 
 
@@ -110,7 +112,12 @@ def test_adam_family_matches_torch(ours_class, torch_class, kwargs):
     [(optim.Adam, torch.optim.Adam), (optim.AdamW, torch.optim.AdamW)],
 )
 def test_adam_family_param_groups_match_torch(ours_class, torch_class):
-    group_options = {"lr": 0.003, "betas": (0.5, 0.9), "weight_decay": 0.0, "amsgrad": True}
+    group_options = {
+        "lr": 0.003,
+        "betas": (0.5, 0.9),
+        "weight_decay": 0.0,
+        "amsgrad": True,
+    }
     kwargs = {"lr": 0.01, "weight_decay": 0.2}
     ours = _train(ours_class, kwargs, grouped=True, group_options=group_options)
     reference = _train(torch_class, kwargs, grouped=True, group_options=group_options)
@@ -125,7 +132,8 @@ def test_adamw_default_weight_decay_matches_torch():
 def test_adam_and_adamw_differ_only_by_weight_decay():
     # Without decay they are the same algorithm; with decay, L2 and decoupled decay differ.
     _assert_same_parameters(
-        _train(optim.Adam, {"lr": 0.01}), _train(optim.AdamW, {"lr": 0.01, "weight_decay": 0.0})
+        _train(optim.Adam, {"lr": 0.01}),
+        _train(optim.AdamW, {"lr": 0.01, "weight_decay": 0.0}),
     )
     adam = _train(optim.Adam, {"lr": 0.01, "weight_decay": 0.1})
     adamw = _train(optim.AdamW, {"lr": 0.01, "weight_decay": 0.1})
@@ -191,7 +199,9 @@ def test_state_dict_round_trip_resumes_exactly(optimizer_class, kwargs):
     first_optimizer = optimizer_class(first.parameters(), **kwargs)
     run(first, first_optimizer, range(5))
     buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": first_optimizer.state_dict()}, buffer)
+    torch.save(
+        {"model": first.state_dict(), "optimizer": first_optimizer.state_dict()}, buffer
+    )
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)  # how utils.train loads checkpoints
 
@@ -211,7 +221,11 @@ def test_state_dict_round_trip_resumes_exactly(optimizer_class, kwargs):
         (optim.SGD, {"lr": 0.1, "momentum": -0.5}, "momentum"),
         (optim.SGD, {"lr": 0.1, "weight_decay": -1.0}, "weight_decay"),
         (optim.SGD, {"lr": 0.1, "nesterov": True}, "Nesterov"),
-        (optim.SGD, {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True}, "Nesterov"),
+        (
+            optim.SGD,
+            {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True},
+            "Nesterov",
+        ),
         (optim.Adam, {"lr": -1e-3}, "learning rate"),
         (optim.Adam, {"lr": float("nan")}, "learning rate"),
         (optim.Adam, {"betas": (1.0, 0.999)}, "index 0"),
@@ -257,13 +271,16 @@ def _sgd(lr=0.5):
 
 def test_warmup_cosine_values_at_chosen_steps():
     optimizer = _sgd(lr=0.5)
-    rates = _rates(optim.warmup_cosine(optimizer, 4, 14, min_lr_ratio=0.2), optimizer, 20)
+    rates = _rates(
+        optim.warmup_cosine(optimizer, 4, 14, min_lr_ratio=0.2), optimizer, 20
+    )
     base, r = 0.5, 0.2
     expected = {
         0: base * 1 / 4,  # warm-up starts at 1/warmup
         3: base,  # ... and ends at the full rate
         4: base,  # cosine starts at the full rate
-        9: base * (r + (1 - r) / 2),  # half-way through the cosine: the mean of the two ends
+        9: base
+        * (r + (1 - r) / 2),  # half-way through the cosine: the mean of the two ends
         14: base * r,  # end of the cosine
         19: base * r,  # stays at the floor afterwards
     }
@@ -276,7 +293,9 @@ def test_warmup_cosine_values_at_chosen_steps():
 def test_warmup_cosine_without_warmup_matches_torch_cosine_annealing():
     ours_optimizer, torch_optimizer = _sgd(lr=0.3), _sgd(lr=0.3)
     ours = _rates(optim.warmup_cosine(ours_optimizer, 0, 12, 0.1), ours_optimizer, 13)
-    reference = torch.optim.lr_scheduler.CosineAnnealingLR(torch_optimizer, T_max=12, eta_min=0.03)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(
+        torch_optimizer, T_max=12, eta_min=0.03
+    )
     torch.testing.assert_close(
         torch.tensor(ours, dtype=torch.float64),
         torch.tensor(_rates(reference, torch_optimizer, 13), dtype=torch.float64),
@@ -296,7 +315,9 @@ def test_step_decay_matches_torch_step_lr():
 def test_inverse_sqrt_follows_vaswani_formula():
     optimizer = _sgd(lr=1.0)  # base lr 1: the paper's rates exactly
     scheduler = optim.inverse_sqrt(optimizer, d_model=512, warmup_steps=40)
-    rates = _rates(scheduler, optimizer, 160)  # rates[s] is the paper's step_num n = s + 1
+    rates = _rates(
+        scheduler, optimizer, 160
+    )  # rates[s] is the paper's step_num n = s + 1
     assert rates[0] == pytest.approx(1 / (math.sqrt(512) * 40**1.5))
     assert rates[19] == pytest.approx(20 / (math.sqrt(512) * 40**1.5))  # linear warm-up
     assert rates[39] == pytest.approx(1 / math.sqrt(512 * 40))  # the peak
@@ -352,7 +373,9 @@ def test_decay_groups_decay_matrices_and_embeddings_not_biases_or_gains():
     assert all(n.endswith("bias") or ".ln" in n or n.startswith("ln") for n in kept)
     assert "blocks.0.ln1.weight" not in decayed | kept
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert decayed | kept == trainable and not decayed & kept  # each parameter once (tied head)
+    assert (
+        decayed | kept == trainable and not decayed & kept
+    )  # each parameter once (tied head)
     # AdamW takes them as they are, and lm_recipes imports this one function
     torch.optim.AdamW(optim.decay_groups(model, 0.1), lr=1e-3)
     assert lm_recipes.decay_groups is optim.decay_groups

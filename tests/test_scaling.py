@@ -31,7 +31,9 @@ N = np.array([2.5e4, 5.7e4, 1.5e5, 3.4e5, 7.9e5, 1.8e6])
 
 
 def test_ladder_spans_more_than_30x_in_non_embedding_parameters():
-    counts = [count_parameters(ladder_model(s, 96, 64), exclude="embedding") for s in LADDER]
+    counts = [
+        count_parameters(ladder_model(s, 96, 64), exclude="embedding") for s in LADDER
+    ]
     assert counts == sorted(counts) and len(counts) >= 5
     assert counts[-1] / counts[0] >= 30
     for shape, count in zip(LADDER, counts, strict=True):
@@ -122,7 +124,9 @@ def test_power_law_fit_rejects_text():
 # ---------------------------------------------------------------------------- joint law
 
 TRUE = dict(E=1.0, A=40.0, alpha=0.34, B=60.0, beta=0.28)
-TRUE_FIT = JointLawFit(**TRUE, rms_log_residual=0.0, n_points=10)  # frozen: safe to share
+TRUE_FIT = JointLawFit(
+    **TRUE, rms_log_residual=0.0, n_points=10
+)  # frozen: safe to share
 NS = np.array([2.5e4, 5.7e4, 1.5e5, 3.4e5, 7.9e5, 1.8e6, 3.4e5, 3.4e5, 3.4e5, 3.4e5])
 DS = np.array([1.5e6] * 6 + [1.9e5, 3.75e5, 7.5e5, 3e6])
 
@@ -152,19 +156,25 @@ def test_compute_optimal_matches_a_numerical_minimum():
     def loss_at(log_n):
         return fit(math.exp(log_n), flops / (6 * math.exp(log_n)))
 
-    numeric = minimize_scalar(loss_at, bounds=(0, 40), method="bounded", options={"xatol": 1e-10})
+    numeric = minimize_scalar(
+        loss_at, bounds=(0, 40), method="bounded", options={"xatol": 1e-10}
+    )
     assert math.exp(numeric.x) == pytest.approx(n_opt, rel=1e-4)
 
 
 def test_equal_exponents_give_a_constant_tokens_per_parameter_ratio():
-    fit = JointLawFit(E=1.7, A=400.0, alpha=0.3, B=400.0, beta=0.3, rms_log_residual=0, n_points=6)
+    fit = JointLawFit(
+        E=1.7, A=400.0, alpha=0.3, B=400.0, beta=0.3, rms_log_residual=0, n_points=6
+    )
     ratios = [d / n for n, d in (compute_optimal(c, fit) for c in (1e18, 1e21, 1e24))]
     assert ratios == pytest.approx([ratios[0]] * 3, rel=1e-9)
     assert ratios[0] == pytest.approx(1.0, rel=1e-9)  # alpha = beta and A = B: N = D
 
 
 def test_compute_optimal_needs_falling_terms():
-    fit = JointLawFit(E=1.0, A=1.0, alpha=0.0, B=1.0, beta=0.3, rms_log_residual=0, n_points=6)
+    fit = JointLawFit(
+        E=1.0, A=1.0, alpha=0.0, B=1.0, beta=0.3, rms_log_residual=0, n_points=6
+    )
     with pytest.raises(ValueError, match="does not fall"):
         compute_optimal(1e18, fit)
     with pytest.raises(TypeError, match="JointLawFit"):

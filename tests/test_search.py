@@ -13,7 +13,9 @@ from utils import search
 def test_mean_pool_ignores_padding():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[1, 1, 0]])
-    torch.testing.assert_close(search.mean_pool(hidden, mask), torch.tensor([[2.0, 3.0]]))
+    torch.testing.assert_close(
+        search.mean_pool(hidden, mask), torch.tensor([[2.0, 3.0]])
+    )
     with pytest.raises(ValueError, match="no real token"):
         search.mean_pool(hidden, torch.zeros(1, 3))
     with pytest.raises(ValueError, match="expected hidden"):
@@ -62,7 +64,9 @@ def test_embed_texts_keeps_order_and_unit_length(toy):
     out = search.embed_texts(model, tokenizer, texts, batch_size=2)
     assert out.shape == (4, 7)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
-    torch.testing.assert_close(out[1], torch.nn.functional.one_hot(torch.tensor(4), 7).float())
+    torch.testing.assert_close(
+        out[1], torch.nn.functional.one_hot(torch.tensor(4), 7).float()
+    )
     first = search.embed_texts(model, tokenizer, texts[:1])
     torch.testing.assert_close(out[:1], first)  # batching and sorting change nothing
     short = search.embed_texts(model, tokenizer, ["cats dogs pets"], max_length=1)
@@ -76,7 +80,9 @@ def test_embed_texts_keeps_order_and_unit_length(toy):
 def test_index_finds_the_nearest(toy):
     model, tokenizer = toy
     docs = ["cats dogs", "stocks bonds", "pets", "markets"]
-    index = search.SemanticIndex(lambda texts: search.embed_texts(model, tokenizer, texts), docs)
+    index = search.SemanticIndex(
+        lambda texts: search.embed_texts(model, tokenizer, texts), docs
+    )
     hits = index.search("cats pets", k=2)
     # query (cats + pets) / sqrt 2: cosine 1/sqrt 2 with "pets", 1/2 with "cats dogs"
     assert [(h.index, h.text) for h in hits] == [(2, "pets"), (0, "cats dogs")]
@@ -97,7 +103,9 @@ def test_kmeans_separates_blobs_and_is_deterministic():
         assert len(set(block.tolist())) == 1  # each blob is one cluster
     assert len(set(labels.tolist())) == 3
     order = found[:, 0] * 100 + found[:, 1]
-    torch.testing.assert_close(found[order.argsort()], centres[[0, 2, 1]], atol=0.5, rtol=0)
+    torch.testing.assert_close(
+        found[order.argsort()], centres[[0, 2, 1]], atol=0.5, rtol=0
+    )
     again, _ = search.kmeans(x, 3, seed=1)
     assert torch.equal(labels, again)
     with pytest.raises(ValueError, match="at least 4 points"):

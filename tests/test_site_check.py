@@ -45,7 +45,11 @@ def test_site_pages_skip_assets_and_the_index(tmp_path):
     ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("<html></html>")
-    assert site_check.site_pages(tmp_path) == ["book/intro.html", "index.html", "notebooks/01.html"]
+    assert site_check.site_pages(tmp_path) == [
+        "book/intro.html",
+        "index.html",
+        "notebooks/01.html",
+    ]
 
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"></head><body>
@@ -75,5 +79,7 @@ def test_it_finds_an_overflow_a_console_error_and_a_missing_file(tmp_path):
     bad = pages["bad.html"]
     assert any("a wide equation (900 px in 600 px)" in o for o in bad["overflowing"])
     assert any("bad thing" in c for c in bad["console"])
-    assert any(f.startswith("404 ") and f.endswith("missing.png") for f in bad["failed"])
+    assert any(
+        f.startswith("404 ") and f.endswith("missing.png") for f in bad["failed"]
+    )
     assert site_check.main(["--site", str(site), "--out", str(out), "index.html"]) == 0

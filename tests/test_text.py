@@ -52,7 +52,10 @@ def test_basic_english_matches_torchtext_docs_example():
     ("text", "expected"),
     [
         # apostrophe split off as its own token; double quotes dropped; parentheses and period
-        ('He said "don\'t" (twice).', ["he", "said", "don", "'", "t", "(", "twice", ")", "."]),
+        (
+            'He said "don\'t" (twice).',
+            ["he", "said", "don", "'", "t", "(", "twice", ")", "."],
+        ),
         ("It's", ["it", "'", "s"]),
         # <br /> (any case, after lower-casing) becomes a space; ; and : are dropped
         (
@@ -61,7 +64,10 @@ def test_basic_english_matches_torchtext_docs_example():
         ),
         ("a<br/>b", ["a<br/>b"]),  # only the exact "<br />" spelling is a rule
         ("3.14, 1,000!", ["3", ".", "14", ",", "1", ",", "000", "!"]),
-        ("state-of-the-art $5 #1", ["state-of-the-art", "$5", "#1"]),  # untouched characters
+        (
+            "state-of-the-art $5 #1",
+            ["state-of-the-art", "$5", "#1"],
+        ),  # untouched characters
         ("U.S.A.", ["u", ".", "s", ".", "a", "."]),
         ("  \t\n ", []),
         ("", []),
@@ -107,26 +113,37 @@ CORPUS = [["b", "a", "c", "a"], ["c", "b", "d"], ["a"]]  # a:3, b:2, c:2, d:1
 def test_vocab_orders_by_frequency_then_lexicographically():
     assert build_vocab_from_iterator(CORPUS).get_itos() == ["a", "b", "c", "d"]
     # all ties: pure lexicographic order, independent of the order of appearance
-    assert build_vocab_from_iterator([["z", "y", "x", "B"]]).get_itos() == ["B", "x", "y", "z"]
+    assert build_vocab_from_iterator([["z", "y", "x", "B"]]).get_itos() == [
+        "B",
+        "x",
+        "y",
+        "z",
+    ]
 
 
 def test_vocab_order_property_on_random_corpus():
     rng = random.Random(0)
     words = [f"w{i}" for i in range(40)]
-    corpus = [[rng.choice(words[: rng.randint(1, 40)]) for _ in range(20)] for _ in range(50)]
+    corpus = [
+        [rng.choice(words[: rng.randint(1, 40)]) for _ in range(20)] for _ in range(50)
+    ]
     counts = Counter(token for line in corpus for token in line)
     itos = build_vocab_from_iterator(iter(corpus), specials=["<unk>"]).get_itos()
     assert itos[0] == "<unk>"
     assert sorted(itos[1:]) == sorted(counts)  # every token exactly once
     for left, right in zip(itos[1:], itos[2:], strict=False):
-        assert counts[left] > counts[right] or (counts[left] == counts[right] and left < right)
+        assert counts[left] > counts[right] or (
+            counts[left] == counts[right] and left < right
+        )
 
 
 def test_specials_first_or_last_and_never_duplicated():
     corpus = CORPUS + [["<unk>"] * 5]  # a special also occurring in the text
     first = build_vocab_from_iterator(corpus, specials=["<unk>", "<pad>"])
     assert first.get_itos() == ["<unk>", "<pad>", "a", "b", "c", "d"]
-    last = build_vocab_from_iterator(corpus, specials=["<unk>", "<pad>"], special_first=False)
+    last = build_vocab_from_iterator(
+        corpus, specials=["<unk>", "<pad>"], special_first=False
+    )
     assert last.get_itos() == ["a", "b", "c", "d", "<unk>", "<pad>"]
 
 
@@ -144,7 +161,9 @@ def test_max_tokens_counts_the_specials():
     corpus = [["<unk>"] * 5 + ["a"] * 3 + ["b"] * 2]
     quirk = build_vocab_from_iterator(corpus, specials=["<unk>"], max_tokens=3)
     assert quirk.get_itos() == ["<unk>", "a"]
-    assert build_vocab_from_iterator(CORPUS, min_freq=3, max_tokens=3).get_itos() == ["a"]
+    assert build_vocab_from_iterator(CORPUS, min_freq=3, max_tokens=3).get_itos() == [
+        "a"
+    ]
     with pytest.raises(ValueError, match="max_tokens"):
         build_vocab_from_iterator(CORPUS, specials=["<unk>", "<pad>"], max_tokens=2)
 
@@ -186,7 +205,9 @@ def test_lookup_token_out_of_range():
     for bad in (4, -1):
         with pytest.raises(VocabIndexError, match="out of range"):
             v.lookup_token(bad)
-    assert issubclass(VocabIndexError, IndexError) and issubclass(VocabIndexError, RuntimeError)
+    assert issubclass(VocabIndexError, IndexError) and issubclass(
+        VocabIndexError, RuntimeError
+    )
     with pytest.raises(TypeError):
         v.lookup_token("a")
 
@@ -210,8 +231,15 @@ def test_vocab_factory_keeps_mapping_order_without_mutating_it():
     counts = OrderedDict([("z", 5), ("<unk>", 9), ("a", 1), ("m", 3)])
     v = vocab(counts, min_freq=2, specials=["<unk>"])
     assert v.get_itos() == ["<unk>", "z", "m"]
-    assert list(counts) == ["z", "<unk>", "a", "m"]  # torchtext popped specials; we do not
-    assert vocab(counts, special_first=False, specials=["<pad>"]).get_itos()[-1] == "<pad>"
+    assert list(counts) == [
+        "z",
+        "<unk>",
+        "a",
+        "m",
+    ]  # torchtext popped specials; we do not
+    assert (
+        vocab(counts, special_first=False, specials=["<pad>"]).get_itos()[-1] == "<pad>"
+    )
 
 
 def test_vocab_argument_validation():
@@ -317,7 +345,9 @@ def test_pad_collate_without_labels_and_tensor_labels():
     torch.testing.assert_close(padded, torch.tensor([[1, 2, 9], [3, 4, 5]]))
     torch.testing.assert_close(lengths, torch.tensor([2, 3]))
     assert labels is None
-    _, _, stacked = pad_collate([([1], torch.tensor([0.5, 1.0])), ([2, 3], torch.tensor([1.0, 0]))])
+    _, _, stacked = pad_collate(
+        [([1], torch.tensor([0.5, 1.0])), ([2, 3], torch.tensor([1.0, 0]))]
+    )
     torch.testing.assert_close(stacked, torch.tensor([[0.5, 1.0], [1.0, 0.0]]))
     with pytest.raises(ValueError, match="empty"):
         pad_collate([])
@@ -377,10 +407,14 @@ def test_bucket_sampler_drop_last_and_no_shuffle():
 def test_bucketing_wastes_much_less_padding_than_random_batches():
     lengths = _random_lengths(2000, seed=1)
     order = torch.randperm(2000, generator=torch.Generator().manual_seed(1)).tolist()
-    random_waste = _padding_waste([order[i : i + 32] for i in range(0, 2000, 32)], lengths)
+    random_waste = _padding_waste(
+        [order[i : i + 32] for i in range(0, 2000, 32)], lengths
+    )
 
     def bucket_waste(multiplier):
-        sampler = BucketBatchSampler(lengths, batch_size=32, bucket_size_multiplier=multiplier)
+        sampler = BucketBatchSampler(
+            lengths, batch_size=32, bucket_size_multiplier=multiplier
+        )
         return _padding_waste(list(sampler), lengths)
 
     # Lengths uniform in 1..100: a random batch's max is ~97 while its mean is ~50, so about
@@ -451,7 +485,9 @@ def test_text_and_lm_recipes_share_one_batchify():
 
 
 def test_get_batch_is_batch_first_and_shifted_by_one():
-    source = batchify(torch.arange(100, 140), 4)  # [4, 10]; row b = 100 + 10b .. 109 + 10b
+    source = batchify(
+        torch.arange(100, 140), 4
+    )  # [4, 10]; row b = 100 + 10b .. 109 + 10b
     x, y = get_batch(source, 2, bptt=3)
     assert x.shape == y.shape == (4, 3)
     for b in range(4):
@@ -488,7 +524,9 @@ def test_iter_bptt_windows_tile_each_stream():
 def test_tokens_to_ids_flattens_lines_and_adds_eos():
     lines = ["Hello world.", "", "   \n", "World again!"]
     tokenizer = get_tokenizer("basic_english")
-    v = build_vocab_from_iterator((tokenizer(line) for line in lines), specials=["<unk>", "<eos>"])
+    v = build_vocab_from_iterator(
+        (tokenizer(line) for line in lines), specials=["<unk>", "<eos>"]
+    )
     # tokens: world x2; then ! . again hello once each (lexicographic)
     assert v.get_itos() == ["<unk>", "<eos>", "world", "!", ".", "again", "hello"]
     with_eos = tokens_to_ids(lines, tokenizer, v, eos="<eos>")

@@ -48,7 +48,10 @@ def test_bleu_by_hand():
     assert tm.bleu(seven, refs, max_n=1) == pytest.approx(2 / 7)
     # Unigram precision 1, bigram 2/3 on a 4-word hypothesis; reference 6 words -> BP e^(1-6/4).
     hyp = "the cat is here".split()
-    p1, p2 = 3 / 4, 2 / 3  # "here" unmatched; bigrams: the cat, cat is match, is here not
+    p1, p2 = (
+        3 / 4,
+        2 / 3,
+    )  # "here" unmatched; bigrams: the cat, cat is match, is here not
     expected = math.exp(1 - 6 / 4) * math.sqrt(p1 * p2)
     assert tm.bleu(hyp, [reference], max_n=2) == pytest.approx(expected)
     # No 4-gram match: 0 without smoothing, small but positive with it.

@@ -16,7 +16,9 @@ import check_offline  # noqa: E402  (tools/ is a folder of scripts, not a packag
 
 
 def _site(tmp_path, body: str, css: str = "") -> Path:
-    (tmp_path / "page.html").write_text(f"<html><head></head><body>{body}</body></html>")
+    (tmp_path / "page.html").write_text(
+        f"<html><head></head><body>{body}</body></html>"
+    )
     if css:
         (tmp_path / "style.css").write_text(css)
     return tmp_path
@@ -64,19 +66,29 @@ def test_executor_runs_in_place_and_records_provenance(tmp_path):
             new_code_cell("from utils import nb\nprint(nb.resolve_profile(profile))"),
         ],
         metadata={
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+            "kernelspec": {
+                "name": "python3",
+                "display_name": "Python 3",
+                "language": "python",
+            }
         },
     )
     path = tmp_path / "01_tiny.ipynb"
     nbformat.write(nb, path)
     subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "execute.py"), str(path)], check=True, cwd=ROOT
+        [sys.executable, str(ROOT / "tools" / "execute.py"), str(path)],
+        check=True,
+        cwd=ROOT,
     )
     done = nbformat.read(path, as_version=4)
-    assert done.cells[2].outputs[0]["text"] == "book\n"  # the default profile of the executor
+    assert (
+        done.cells[2].outputs[0]["text"] == "book\n"
+    )  # the default profile of the executor
     assert provenance.staleness(done) == []
     assert "papermill" not in done.metadata
-    assert all("injected-parameters" not in c.metadata.get("tags", []) for c in done.cells)
+    assert all(
+        "injected-parameters" not in c.metadata.get("tags", []) for c in done.cells
+    )
 
 
 def _nbval(path: Path) -> subprocess.CompletedProcess:
@@ -106,7 +118,9 @@ def _stream(text):
 
 
 @pytest.mark.slow
-def test_nbval_catches_an_edited_compared_output_but_not_ignored_or_sanitized_ones(tmp_path):
+def test_nbval_catches_an_edited_compared_output_but_not_ignored_or_sanitized_ones(
+    tmp_path,
+):
     cells = [
         new_code_cell("print(6 * 7)", outputs=[_stream("42\n")], execution_count=1),
         new_code_cell(  # machine-dependent: exempt
@@ -120,7 +134,13 @@ def test_nbval_catches_an_edited_compared_output_but_not_ignored_or_sanitized_on
             execution_count=3,
         ),
     ]
-    meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    meta = {
+        "kernelspec": {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+    }
     good = tmp_path / "good.ipynb"
     nbformat.write(new_notebook(cells=cells, metadata=meta), good)
     result = _nbval(good)
@@ -134,7 +154,9 @@ def test_nbval_catches_an_edited_compared_output_but_not_ignored_or_sanitized_on
     assert "1 failed" in result.stdout
 
 
-def test_the_executor_uses_the_shared_data_and_never_the_fallback(tmp_path, monkeypatch):
+def test_the_executor_uses_the_shared_data_and_never_the_fallback(
+    tmp_path, monkeypatch
+):
     import execute
 
     from utils import data

@@ -42,4 +42,6 @@ def test_every_pin_is_in_the_table_with_its_version():
 
 def test_the_table_lists_nothing_that_is_not_pinned():
     extra = sorted(set(_table()) - set(_pins()))
-    assert not extra, f"tools.md lists versions for packages that are not pinned: {extra}"
+    assert not extra, (
+        f"tools.md lists versions for packages that are not pinned: {extra}"
+    )

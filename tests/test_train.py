@@ -54,7 +54,9 @@ def lm_batch_at(i: int, batch_size: int = BATCH):
     """Deterministic micro-batch ``i``: a random token stream, targets shifted by one."""
     generator = torch.Generator().manual_seed(1000 + i)
     tokens = torch.randint(0, VOCAB, (batch_size, SEQ + 1), generator=generator)
-    return tokens[:, :-1].clone(), tokens[:, 1:].clone()  # separate storage: safe to edit
+    return tokens[:, :-1].clone(), tokens[
+        :, 1:
+    ].clone()  # separate storage: safe to edit
 
 
 def config(**kwargs) -> TrainConfig:
@@ -63,7 +65,9 @@ def config(**kwargs) -> TrainConfig:
     return TrainConfig(**kwargs)
 
 
-def new_lm_run(dropout=0.0, lr=0.05, optimizer_class=torch.optim.AdamW, schedule=True, steps=6):
+def new_lm_run(
+    dropout=0.0, lr=0.05, optimizer_class=torch.optim.AdamW, schedule=True, steps=6
+):
     torch.manual_seed(0)
     model = TinyLM(dropout=dropout)
     optimizer = optimizer_class(model.parameters(), lr=lr)
@@ -122,10 +126,14 @@ def test_classification_loss_both_batch_forms():
     logits = model(x)
     torch.testing.assert_close(loss, F.cross_entropy(logits, labels))
     assert n == 5
-    assert metrics["accuracy"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert metrics["accuracy"] == pytest.approx(
+        (logits.argmax(1) == labels).float().mean().item()
+    )
 
     lengths = torch.tensor([7, 3, 5, 1, 7])
-    loss_len, _, _ = train.classification_loss(model, (x, lengths, labels))  # tuple output
+    loss_len, _, _ = train.classification_loss(
+        model, (x, lengths, labels)
+    )  # tuple output
     logits_len = model(x, lengths)[0]
     torch.testing.assert_close(loss_len, F.cross_entropy(logits_len, labels))
 
@@ -136,7 +144,9 @@ def test_evaluate_is_token_weighted_restores_modes_and_uses_no_grad():
     model.train()
     model.head.eval()  # a mixed state that must come back as it was
     batches = [lm_batch_at(i, batch_size=b) for i, b in enumerate([1, 3, 2])]
-    batches[1][1][0, :4] = -100  # uneven token counts make a batch-mean differ from a token-mean
+    batches[1][1][
+        0, :4
+    ] = -100  # uneven token counts make a batch-mean differ from a token-mean
     result = train.evaluate(model, batches, train.lm_loss)
 
     # second derivation: one cross-entropy over all tokens at once, dropout off
@@ -175,7 +185,11 @@ def test_evaluate_is_token_weighted_restores_modes_and_uses_no_grad():
         ({"max_steps": True}, TypeError, "max_steps"),
         ({"max_steps": 5, "grad_accum_steps": 0}, ValueError, "grad_accum_steps"),
         ({"max_steps": 5, "clip_grad_norm": -1.0}, ValueError, "clip_grad_norm"),
-        ({"max_steps": 5, "clip_grad_norm": float("nan")}, ValueError, "clip_grad_norm"),
+        (
+            {"max_steps": 5, "clip_grad_norm": float("nan")},
+            ValueError,
+            "clip_grad_norm",
+        ),
         ({"max_steps": 5, "precision": "fp8"}, ValueError, "precision"),
         ({"max_steps": 5, "precision": "fp16", "device": "cpu"}, ValueError, "fp16"),
         ({"max_steps": 5, "eval_every": 0}, ValueError, "eval_every"),
@@ -196,7 +210,9 @@ def test_resolve_precision_rules():
     assert train.resolve_precision("auto", cpu) == "fp32"
     assert train.resolve_precision("bf16", cpu) == "bf16"
     assert train.resolve_precision("auto", cuda, bf16_supported=True) == "bf16"
-    assert train.resolve_precision("auto", cuda, bf16_supported=False) == "fp16"  # e.g. a T4
+    assert (
+        train.resolve_precision("auto", cuda, bf16_supported=False) == "fp16"
+    )  # e.g. a T4
     assert train.resolve_precision("fp16", cuda, bf16_supported=True) == "fp16"
     with pytest.raises(ValueError, match="native bf16"):
         train.resolve_precision("bf16", cuda, bf16_supported=False)
@@ -208,7 +224,9 @@ def test_resolve_precision_rules():
 def test_fp16_on_a_cpu_only_machine_is_refused_by_the_trainer():
     model, optimizer, _ = new_lm_run()
     with pytest.raises(ValueError, match="fp16"):
-        Trainer(model, optimizer, train.lm_loss, TrainConfig(max_steps=1, precision="fp16"))
+        Trainer(
+            model, optimizer, train.lm_loss, TrainConfig(max_steps=1, precision="fp16")
+        )
 
 
 def test_peak_flops_lookup():
@@ -224,7 +242,10 @@ def test_peak_flops_lookup():
     assert train.peak_flops_for("Tesla V100-PCIE-16GB") == 112e12
     assert train.peak_flops_for("Some Laptop GPU") is None
     # the book's convention (Kaplan: the causal half of the scores), and the dense count
-    assert train.training_flops_per_token(1000, n_layers=2, d_model=8, seq_len=16) == 6000 + 1536
+    assert (
+        train.training_flops_per_token(1000, n_layers=2, d_model=8, seq_len=16)
+        == 6000 + 1536
+    )
     dense = train.training_flops_per_token(1000, 2, 8, 16, attention="dense")
     assert dense == 6000 + 3072
     assert train.training_flops_per_token(1000) == 6000
@@ -250,9 +271,14 @@ def test_gradient_accumulation_equals_one_big_batch():
     big, history_big = run(1, big_batch_at)
     for a, b in zip(accumulated.parameters(), big.parameters(), strict=True):
         torch.testing.assert_close(a, b)
-    for name in ("train_loss", "grad_norm"):  # Python floats from fp32 values: compare as fp32
+    for name in (
+        "train_loss",
+        "grad_norm",
+    ):  # Python floats from fp32 values: compare as fp32
         accumulated_values = torch.tensor(getattr(history_accumulated, name))
-        torch.testing.assert_close(accumulated_values, torch.tensor(getattr(history_big, name)))
+        torch.testing.assert_close(
+            accumulated_values, torch.tensor(getattr(history_big, name))
+        )
 
 
 def test_clipping_limits_the_update_and_records_the_unclipped_norm():
@@ -272,14 +298,19 @@ def test_clipping_limits_the_update_and_records_the_unclipped_norm():
     assert history.grad_norm[0] == pytest.approx(true_norm.item(), rel=1e-5)
     assert true_norm > 0.01  # so clipping did something
     update = torch.cat(
-        [(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]
+        [
+            (p.detach() - b).flatten()
+            for p, b in zip(model.parameters(), before, strict=True)
+        ]
     )
     assert torch.linalg.vector_norm(update).item() == pytest.approx(0.01, rel=1e-4)
 
 
 def test_scheduler_steps_once_per_optimizer_step():
     model, optimizer, _ = new_lm_run(lr=0.1, schedule=False)
-    scheduler = optim.warmup_cosine(optimizer, warmup_steps=2, total_steps=5, min_lr_ratio=0.0)
+    scheduler = optim.warmup_cosine(
+        optimizer, warmup_steps=2, total_steps=5, min_lr_ratio=0.0
+    )
     cfg = config(max_steps=5, grad_accum_steps=3)
     history = Trainer(model, optimizer, train.lm_loss, cfg, scheduler).fit(lm_batch_at)
     cosine = [0.1 * 0.5 * (1 + math.cos(math.pi * k / 3)) for k in range(3)]
@@ -296,7 +327,9 @@ def test_throughput_and_mfu_are_recorded():
     assert all(t > 0 for t in history.tokens_per_s)
     assert history.mfu == pytest.approx([600.0 * t / 1e9 for t in history.tokens_per_s])
     assert history.time == sorted(history.time)
-    no_peak = Trainer(*new_lm_run()[:2], train.lm_loss, config(max_steps=1, flops_per_token=6.0))
+    no_peak = Trainer(
+        *new_lm_run()[:2], train.lm_loss, config(max_steps=1, flops_per_token=6.0)
+    )
     assert no_peak.fit(lm_batch_at).mfu == [None]  # CPU: no known peak
 
 
@@ -355,7 +388,9 @@ def test_non_finite_loss_stops_with_the_step_number():
         return (loss * float("nan") if calls["n"] == 3 else loss), metrics, n
 
     model, optimizer, scheduler = new_lm_run()
-    trainer = Trainer(model, optimizer, loss_with_nan_at_step_3, config(max_steps=6), scheduler)
+    trainer = Trainer(
+        model, optimizer, loss_with_nan_at_step_3, config(max_steps=6), scheduler
+    )
     with pytest.raises(NonFiniteLossError, match="step 3") as error:
         trainer.fit(lm_batch_at)
     assert error.value.step == 3 and trainer.step == 2
@@ -392,14 +427,21 @@ def test_data_errors_are_clear():
             lm_batch_at, eval_batches=iter([lm_batch_at(0)])
         )
     with pytest.raises(ValueError, match="eval_batches"):
-        Trainer(model, optimizer, train.lm_loss, config(max_steps=2, eval_every=1)).fit(lm_batch_at)
+        Trainer(model, optimizer, train.lm_loss, config(max_steps=2, eval_every=1)).fit(
+            lm_batch_at
+        )
     with pytest.raises(TypeError, match="n_tokens"):
         Trainer(
-            model, optimizer, lambda m, b: (train.lm_loss(m, b)[0], {}, 0), config(max_steps=1)
+            model,
+            optimizer,
+            lambda m, b: (train.lm_loss(m, b)[0], {}, 0),
+            config(max_steps=1),
         ).fit(lm_batch_at)
 
 
-def test_compile_wraps_the_forward_model_but_checkpoints_the_original(monkeypatch, tmp_path):
+def test_compile_wraps_the_forward_model_but_checkpoints_the_original(
+    monkeypatch, tmp_path
+):
     compiled = []
 
     class Wrapper(torch.nn.Module):  # stands in for torch.compile's OptimizedModule
@@ -459,7 +501,10 @@ DATA_FORMS = {  # each run gets a freshly made data source, as a new session wou
         ("list", torch.optim.AdamW),
         ("iterable", torch.optim.AdamW),
         ("dataloader", torch.optim.AdamW),
-        ("batch_at", optim.AdamW),  # the teaching optimizer's state survives a checkpoint too
+        (
+            "batch_at",
+            optim.AdamW,
+        ),  # the teaching optimizer's state survives a checkpoint too
     ],
     ids=["batch_at", "list", "iterable", "dataloader", "batch_at-utils.optim.AdamW"],
 )
@@ -472,7 +517,11 @@ def test_resume_is_exact(tmp_path, data_form, optimizer_class):
             dropout=0.3, optimizer_class=optimizer_class, steps=total
         )
         cfg = config(
-            max_steps=max_steps, grad_accum_steps=2, eval_every=2, checkpoint_path=path, seed=3
+            max_steps=max_steps,
+            grad_accum_steps=2,
+            eval_every=2,
+            checkpoint_path=path,
+            seed=3,
         )
         return Trainer(model, optimizer, train.lm_loss, cfg, scheduler)
 
@@ -488,11 +537,15 @@ def test_resume_is_exact(tmp_path, data_form, optimizer_class):
     history = resumed.fit(DATA_FORMS[data_form](), eval_batches)
 
     assert history.steps == list(range(1, total + 1))
-    assert history.train_loss == straight.history.train_loss  # exactly, not approximately
+    assert (
+        history.train_loss == straight.history.train_loss
+    )  # exactly, not approximately
     assert history.lr == straight.history.lr
     assert history.grad_norm == straight.history.grad_norm
     assert history.eval == straight.history.eval
-    for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+    for a, b in zip(
+        resumed.model.parameters(), straight.model.parameters(), strict=True
+    ):
         assert torch.equal(a, b)
     assert resumed.micro_batches_consumed == 2 * total
 
@@ -529,7 +582,9 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     assert set(checkpoint["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert checkpoint["scheduler"]["last_epoch"] == 4
     assert History.from_dict(checkpoint["history"]) == trainer.history
-    assert [name for name in os.listdir(tmp_path)] == ["run.pt"]  # no temporary file left over
+    assert [name for name in os.listdir(tmp_path)] == [
+        "run.pt"
+    ]  # no temporary file left over
 
     # a finished run resumes to "nothing left to do"
     model2, optimizer2, scheduler2 = new_lm_run(optimizer_class=optim.Adam)
@@ -543,10 +598,16 @@ def test_resume_refuses_a_scheduler_mismatch(tmp_path):
     path = str(tmp_path / "run.pt")
     model, optimizer, scheduler = new_lm_run()
     Trainer(
-        model, optimizer, train.lm_loss, config(max_steps=2, checkpoint_path=path), scheduler
+        model,
+        optimizer,
+        train.lm_loss,
+        config(max_steps=2, checkpoint_path=path),
+        scheduler,
     ).fit(lm_batch_at)
     model, optimizer, _ = new_lm_run()
-    trainer = Trainer(model, optimizer, train.lm_loss, config(max_steps=4, checkpoint_path=path))
+    trainer = Trainer(
+        model, optimizer, train.lm_loss, config(max_steps=4, checkpoint_path=path)
+    )
     with pytest.raises(ValueError, match="scheduler"):
         trainer.fit(lm_batch_at)
 
@@ -564,7 +625,9 @@ def test_history_round_trip():
         eval=[{"step": 2, "loss": 1.4, "perplexity": math.exp(1.4)}],
     )
     assert History.from_dict(history.to_dict()) == history
-    assert history.eval_steps == [2] and history.eval_loss == [1.4] and len(history) == 2
+    assert (
+        history.eval_steps == [2] and history.eval_loss == [1.4] and len(history) == 2
+    )
     with pytest.raises(ValueError, match="unknown"):
         History.from_dict({"bogus": []})
 
@@ -581,7 +644,12 @@ def test_cuda_mixed_precision_trains_and_resumes(tmp_path, precision):
 
     def make_trainer(max_steps):
         model, optimizer, scheduler = new_lm_run(dropout=0.3, steps=6)
-        cfg = config(max_steps=max_steps, precision=precision, device="cuda", checkpoint_path=path)
+        cfg = config(
+            max_steps=max_steps,
+            precision=precision,
+            device="cuda",
+            checkpoint_path=path,
+        )
         return Trainer(model, optimizer, train.lm_loss, cfg, scheduler)
 
     make_trainer(3).fit(lm_batch_at, [lm_batch_at(9)])
@@ -632,7 +700,9 @@ def recorded(events, name, function):
 
 
 def global_norm(model):
-    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    return torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in model.parameters()])
+    )
 
 
 def test_fp16_step_order_and_clipping_of_the_unscaled_gradients(monkeypatch):
@@ -649,7 +719,9 @@ def test_fp16_step_order_and_clipping_of_the_unscaled_gradients(monkeypatch):
         setattr(scaler, name, recorded(events, name, getattr(scaler, name)))
     optimizer.step = recorded(events, "optimizer.step", optimizer.step)
     scheduler.step = recorded(events, "scheduler.step", scheduler.step)
-    model.head.weight.register_post_accumulate_grad_hook(lambda p: events.append("backward"))
+    model.head.weight.register_post_accumulate_grad_hook(
+        lambda p: events.append("backward")
+    )
     unscale, clip, step = scaler.unscale_, train.clip_gradients, optimizer.step
 
     def spying_unscale(opt):
@@ -670,19 +742,28 @@ def test_fp16_step_order_and_clipping_of_the_unscaled_gradients(monkeypatch):
     monkeypatch.setattr(train, "clip_gradients", spying_clip)
     history = trainer.fit(lm_batch_at)
 
-    one_step = ["scale", "backward"] * 2 + ["unscale_", "clip", "step", "optimizer.step"]
+    one_step = ["scale", "backward"] * 2 + [
+        "unscale_",
+        "clip",
+        "step",
+        "optimizer.step",
+    ]
     assert events == (one_step + ["update", "scheduler.step"]) * 3
     for (scaled, scale), clipped, stepped, recorded_norm in zip(
         seen["scaled"], seen["clipped"], seen["stepped"], history.grad_norm, strict=True
     ):
-        assert scale == 2.0**16 and scaled.item() == pytest.approx(scale * clipped.item())
+        assert scale == 2.0**16 and scaled.item() == pytest.approx(
+            scale * clipped.item()
+        )
         assert clipped.item() == pytest.approx(recorded_norm) and recorded_norm > 0.1
         assert stepped.item() == pytest.approx(0.1, rel=1e-4)  # clipped to max_norm
     # the norm clipping saw is the true one: what an fp32 run of the same first step computes
     assert history.grad_norm[0] == pytest.approx(fp32.grad_norm[0], rel=1e-2)
 
 
-def test_an_fp16_overflow_skips_the_update_shrinks_the_scale_and_still_counts(monkeypatch):
+def test_an_fp16_overflow_skips_the_update_shrinks_the_scale_and_still_counts(
+    monkeypatch,
+):
     use_fp16_on_the_cpu(monkeypatch)
     model, optimizer, scheduler = new_lm_run(steps=4)
     trainer = Trainer(model, optimizer, train.lm_loss, config(max_steps=4), scheduler)
@@ -694,7 +775,9 @@ def test_an_fp16_overflow_skips_the_update_shrinks_the_scale_and_still_counts(mo
         train_step(data)
         after[trainer.step] = {
             "params": [p.detach().clone() for p in model.parameters()],
-            "adam_steps": [float(optimizer.state[p]["step"]) for p in model.parameters()],
+            "adam_steps": [
+                float(optimizer.state[p]["step"]) for p in model.parameters()
+            ],
             "scale": trainer.scaler.get_scale(),
             "updates": len(updates),
         }
@@ -702,16 +785,30 @@ def test_an_fp16_overflow_skips_the_update_shrinks_the_scale_and_still_counts(mo
     trainer.train_step = recording_train_step
     history = trainer.fit(lm_batch_at)
 
-    assert [after[s]["updates"] for s in (1, 2, 3, 4)] == [1, 1, 2, 3]  # step 2: no update
+    assert [after[s]["updates"] for s in (1, 2, 3, 4)] == [
+        1,
+        1,
+        2,
+        3,
+    ]  # step 2: no update
     for a, b in zip(after[1]["params"], after[2]["params"], strict=True):
         assert torch.equal(a, b)
     assert after[2]["adam_steps"] == after[1]["adam_steps"] == [1.0] * 3  # 3 tensors
-    assert not torch.equal(after[2]["params"][0], after[3]["params"][0])  # updates resume
-    assert [after[s]["scale"] for s in (1, 2, 3, 4)] == [2.0**16, 2.0**15, 2.0**15, 2.0**15]
+    assert not torch.equal(
+        after[2]["params"][0], after[3]["params"][0]
+    )  # updates resume
+    assert [after[s]["scale"] for s in (1, 2, 3, 4)] == [
+        2.0**16,
+        2.0**15,
+        2.0**15,
+        2.0**15,
+    ]
     # the skipped step is a step: it used its batch and appears in the history
     assert trainer.step == 4 and trainer.micro_batches_consumed == 4
     assert history.steps == [1, 2, 3, 4] and all(map(math.isfinite, history.train_loss))
-    assert history.grad_norm[1] == INF and all(map(math.isfinite, history.grad_norm[::2]))
+    assert history.grad_norm[1] == INF and all(
+        map(math.isfinite, history.grad_norm[::2])
+    )
 
 
 def test_fp16_skipped_steps_keep_their_place_in_the_schedule(monkeypatch):
@@ -722,7 +819,9 @@ def test_fp16_skipped_steps_keep_their_place_in_the_schedule(monkeypatch):
 
     def run(overflows):
         model, optimizer, scheduler = new_lm_run(steps=5)
-        trainer = Trainer(model, optimizer, train.lm_loss, config(max_steps=5), scheduler)
+        trainer = Trainer(
+            model, optimizer, train.lm_loss, config(max_steps=5), scheduler
+        )
         overflow_at(trainer, overflows)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -732,14 +831,20 @@ def test_fp16_skipped_steps_keep_their_place_in_the_schedule(monkeypatch):
     clean, skipping = run(set()), run({1, 3})  # the first step too: where PyTorch warns
     assert skipping[0].scaler.get_scale() == 2.0**14  # two overflows, two halvings
     assert skipping[1].lr == clean[1].lr  # the same rate at every step
-    cosine = [0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 3))) for k in range(3)]
-    assert clean[1].lr == pytest.approx([0.025, 0.05, *cosine])  # warm-up 2, max_steps 5
+    cosine = [
+        0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 3))) for k in range(3)
+    ]
+    assert clean[1].lr == pytest.approx(
+        [0.025, 0.05, *cosine]
+    )  # warm-up 2, max_steps 5
     assert skipping[0].scheduler.last_epoch == 5
     assert not [m for m in skipping[2] if "lr_scheduler.step()" in m], skipping[2]
 
 
 def test_fp16_resume_restores_the_grad_scaler_exactly(monkeypatch, tmp_path):
-    use_fp16_on_the_cpu(monkeypatch, growth_interval=3)  # the scale doubles after 3 good steps
+    use_fp16_on_the_cpu(
+        monkeypatch, growth_interval=3
+    )  # the scale doubles after 3 good steps
     path, total = str(tmp_path / "run.pt"), 8
 
     def make_trainer(max_steps, checkpoint_path):
@@ -753,7 +858,9 @@ def test_fp16_resume_restores_the_grad_scaler_exactly(monkeypatch, tmp_path):
     straight.fit(lm_batch_at)
     make_trainer(4, path).fit(lm_batch_at)
     saved = torch.load(path, weights_only=True)["grad_scaler"]
-    assert saved["scale"] == 2.0**17 and saved["_growth_tracker"] == 1  # not a fresh scaler's
+    assert (
+        saved["scale"] == 2.0**17 and saved["_growth_tracker"] == 1
+    )  # not a fresh scaler's
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
     resumed = make_trainer(total, path)
     history = resumed.fit(lm_batch_at)
@@ -762,8 +869,12 @@ def test_fp16_resume_restores_the_grad_scaler_exactly(monkeypatch, tmp_path):
     for name in ("train_loss", "grad_norm", "lr"):
         assert getattr(history, name) == getattr(straight.history, name), name
     assert resumed.scaler.state_dict() == straight.scaler.state_dict()
-    assert resumed.scaler.get_scale() == 2.0**16  # grew to 2^17 at step 3, halved at step 6
-    for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+    assert (
+        resumed.scaler.get_scale() == 2.0**16
+    )  # grew to 2^17 at step 3, halved at step 6
+    for a, b in zip(
+        resumed.model.parameters(), straight.model.parameters(), strict=True
+    ):
         assert torch.equal(a, b)
 
 
@@ -773,7 +884,16 @@ def test_fp16_resume_restores_the_grad_scaler_exactly(monkeypatch, tmp_path):
 
 # Every way Python code reads a tensor's value: on a GPU each one waits for the device (a sync).
 # The first ones hand a value to Python; the others make a tensor whose size depends on values.
-HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+HOST_READS = (
+    "item",
+    "tolist",
+    "numpy",
+    "cpu",
+    "__float__",
+    "__int__",
+    "__bool__",
+    "__index__",
+)
 SIZE_FROM_VALUES = ("nonzero", "masked_select", "unique")
 
 
@@ -801,7 +921,9 @@ def count_host_reads(monkeypatch, when):
         monkeypatch.setattr(torch.Tensor, name, spy(getattr(torch.Tensor, name)))
     for name in SIZE_FROM_VALUES:
         monkeypatch.setattr(torch, name, spy(getattr(torch, name)))
-    monkeypatch.setattr(torch.Tensor, "__getitem__", spy(torch.Tensor.__getitem__, boolean_index))
+    monkeypatch.setattr(
+        torch.Tensor, "__getitem__", spy(torch.Tensor.__getitem__, boolean_index)
+    )
     monkeypatch.setattr(torch.cuda, "synchronize", spy(torch.cuda.synchronize))
     return reads
 
@@ -810,7 +932,9 @@ def take_the_accelerator_path(monkeypatch):
     """Make this CPU run stand in for a GPU one: the value checks that only a CPU does for
     free (the range of token ids, all-padding rows, the adaptive softmax picking a cluster's
     rows) take the path they take on an accelerator."""
-    monkeypatch.setattr(losses, "_require_counted_targets", lambda counted, ignore_index: None)
+    monkeypatch.setattr(
+        losses, "_require_counted_targets", lambda counted, ignore_index: None
+    )
     for module in (models, lm_recipes):
         monkeypatch.setattr(module, "reading_is_free", lambda tensor: False)
 
@@ -827,7 +951,10 @@ def test_no_host_reads_between_logging_steps(monkeypatch):
     # reads (of all the numbers since the last logging step) on every sync_every-th step and the
     # last only; SGD reads nothing (Adam reads its step counter, kept on the CPU even with a GPU)
     assert sorted(set(reads)) == [3, 6, 7]
-    assert history.steps == list(range(1, 8)) and len(history.train_metrics["accuracy"]) == 7
+    assert (
+        history.steps == list(range(1, 8))
+        and len(history.train_metrics["accuracy"]) == 7
+    )
 
     # the spy does catch a per-step read: a loss function that calls .item() every micro-batch
     def reading_loss(model, batch):
@@ -845,7 +972,9 @@ def classifier_batch_at(i: int):
     """Token ids with trailing padding (id 0), at least one real token per row; 3 labels."""
     x, _ = lm_batch_at(i)
     x[:, 0] = x[:, 0].clamp(min=1)
-    x[torch.arange(SEQ) >= torch.arange(BATCH)[:, None] + 2] = 0  # row b: b + 2 real tokens
+    x[torch.arange(SEQ) >= torch.arange(BATCH)[:, None] + 2] = (
+        0  # row b: b + 2 real tokens
+    )
     return x, x[:, 0] % 3
 
 
@@ -894,10 +1023,14 @@ def test_the_book_models_do_no_host_reads_between_logging_steps(monkeypatch, nam
 
     reads, history = run(accelerator=True)
     assert sorted(set(reads)) == [3, 6, 7]  # the logging steps only
-    assert history.steps == list(range(1, 8)) and all(map(math.isfinite, history.train_loss))
+    assert history.steps == list(range(1, 8)) and all(
+        map(math.isfinite, history.train_loss)
+    )
     cpu_reads, cpu_history = run(accelerator=False)
     assert set(cpu_reads) == set(range(1, 8))  # the spy sees the CPU's value checks
-    assert cpu_history.train_loss == history.train_loss  # the two paths compute the same
+    assert (
+        cpu_history.train_loss == history.train_loss
+    )  # the two paths compute the same
 
 
 def test_reading_back_late_changes_nothing():
@@ -910,7 +1043,9 @@ def test_reading_back_late_changes_nothing():
     every_step, late = run(1), run(4)
     for name in ("steps", "train_loss", "lr", "grad_norm", "train_metrics", "eval"):
         assert getattr(every_step[1], name) == getattr(late[1], name), name
-    for a, b in zip(every_step[0].model.parameters(), late[0].model.parameters(), strict=True):
+    for a, b in zip(
+        every_step[0].model.parameters(), late[0].model.parameters(), strict=True
+    ):
         assert torch.equal(a, b)
     assert len(late[1].tokens_per_s) == 7 and all(t > 0 for t in late[1].tokens_per_s)
 
@@ -949,7 +1084,9 @@ def test_a_tensor_learning_rate_is_recorded_as_it_was_at_each_step():
     torch.manual_seed(0)
     model = TinyLM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(0.1))
-    scheduler = optim.warmup_cosine(optimizer, warmup_steps=2, total_steps=5, min_lr_ratio=0.0)
+    scheduler = optim.warmup_cosine(
+        optimizer, warmup_steps=2, total_steps=5, min_lr_ratio=0.0
+    )
     cfg = config(max_steps=5, sync_every=5)  # all five read at the end
     history = Trainer(model, optimizer, train.lm_loss, cfg, scheduler).fit(lm_batch_at)
     cosine = [0.1 * 0.5 * (1 + math.cos(math.pi * k / 3)) for k in range(3)]
@@ -959,10 +1096,15 @@ def test_a_tensor_learning_rate_is_recorded_as_it_was_at_each_step():
 def test_loss_functions_return_tensors_and_evaluate_reads_them_at_the_end(monkeypatch):
     model = TinyLM()
     loss, metrics, n_tokens = train.lm_loss(model, lm_batch_at(0))
-    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in (n_tokens, *metrics.values()))
+    assert all(
+        isinstance(v, torch.Tensor) and v.dim() == 0
+        for v in (n_tokens, *metrics.values())
+    )
     assert n_tokens.dtype == torch.int64 and int(n_tokens) == BATCH * SEQ
 
-    monkeypatch.setattr(losses, "_require_counted_targets", lambda counted, ignore_index: None)
+    monkeypatch.setattr(
+        losses, "_require_counted_targets", lambda counted, ignore_index: None
+    )
     batches_done = []
 
     def counting_loss(model, batch):
@@ -971,7 +1113,9 @@ def test_loss_functions_return_tensors_and_evaluate_reads_them_at_the_end(monkey
 
     reads = count_host_reads(monkeypatch, lambda: len(batches_done))
     result = train.evaluate(model, [lm_batch_at(i) for i in range(5)], counting_loss)
-    assert reads and set(reads) == {5}  # nothing read until every batch has been computed
+    assert reads and set(reads) == {
+        5
+    }  # nothing read until every batch has been computed
     assert result["n_tokens"] == 5 * BATCH * SEQ
 
 
@@ -1002,7 +1146,9 @@ def test_training_continues_exactly_after_interrupts(monkeypatch, precision):
             return original_step(*args, **kwargs)
 
         optimizer.step = optimizer_step
-        trainer = Trainer(model, optimizer, loss_fn, config(max_steps=6, grad_accum_steps=2))
+        trainer = Trainer(
+            model, optimizer, loss_fn, config(max_steps=6, grad_accum_steps=2)
+        )
         for _ in range(3):
             try:
                 return trainer, trainer.fit(lm_batch_at)
@@ -1016,7 +1162,9 @@ def test_training_continues_exactly_after_interrupts(monkeypatch, precision):
     assert interrupted[1].train_metrics == straight[1].train_metrics
     if precision == "fp16":
         assert interrupted[0].scaler.state_dict() == straight[0].scaler.state_dict()
-    for a, b in zip(straight[0].model.parameters(), interrupted[0].model.parameters(), strict=True):
+    for a, b in zip(
+        straight[0].model.parameters(), interrupted[0].model.parameters(), strict=True
+    ):
         assert torch.equal(a, b)
 
 
@@ -1034,12 +1182,16 @@ def test_resume_is_exact_when_numbers_are_read_back_late(tmp_path):
 
     straight = make_trainer(8, None)
     straight.fit(lm_batch_at)
-    make_trainer(5, path).fit(lm_batch_at)  # stops after step 5: read at steps 2, 3, 4, 5
+    make_trainer(5, path).fit(
+        lm_batch_at
+    )  # stops after step 5: read at steps 2, 3, 4, 5
     assert torch.load(path, weights_only=True)["history"]["steps"] == [1, 2, 3, 4, 5]
     torch.manual_seed(99)
     resumed = make_trainer(8, path)
     resumed.fit(lm_batch_at)
     assert resumed.history.train_loss == straight.history.train_loss
     assert resumed.history.grad_norm == straight.history.grad_norm
-    for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+    for a, b in zip(
+        resumed.model.parameters(), straight.model.parameters(), strict=True
+    ):
         assert torch.equal(a, b)

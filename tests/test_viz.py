@@ -35,12 +35,16 @@ def decode_tokens(ids: list[int]) -> list[str]:
 
 
 class TinyAttentionLM(nn.Module):
-    def __init__(self, vocab_size=VOCAB_SIZE, d_model=8, n_heads=2, n_layers=3, max_len=12):
+    def __init__(
+        self, vocab_size=VOCAB_SIZE, d_model=8, n_heads=2, n_layers=3, max_len=12
+    ):
         super().__init__()
         self.n_heads, self.max_len = n_heads, max_len
         self.embed = nn.Embedding(vocab_size, d_model)
         self.position = nn.Embedding(max_len, d_model)
-        self.qkv = nn.ModuleList(nn.Linear(d_model, 3 * d_model) for _ in range(n_layers))
+        self.qkv = nn.ModuleList(
+            nn.Linear(d_model, 3 * d_model) for _ in range(n_layers)
+        )
         self.dropout = nn.Dropout(0.5)  # makes the weights random in train mode
         self.lm_head = nn.Linear(d_model, vocab_size)
 
@@ -54,9 +58,13 @@ class TinyAttentionLM(nn.Module):
         for qkv in self.qkv:
             q, k, v = qkv(x).view(batch, length, 3, self.n_heads, -1).unbind(2)
             scores = torch.einsum("blhd,bmhd->bhlm", q, k) / math.sqrt(q.shape[-1])
-            weights = self.dropout(scores.masked_fill(~causal, float("-inf")).softmax(-1))
+            weights = self.dropout(
+                scores.masked_fill(~causal, float("-inf")).softmax(-1)
+            )
             attentions.append(weights)
-            x = x + torch.einsum("bhlm,bmhd->blhd", weights, v).reshape(batch, length, -1)
+            x = x + torch.einsum("bhlm,bmhd->blhd", weights, v).reshape(
+                batch, length, -1
+            )
         logits = self.lm_head(x)
         return (logits, attentions) if return_attention else logits
 
@@ -89,14 +97,22 @@ def random_attention(*shape, seed=0):
 
 
 def test_heatmap_has_tokens_weights_and_hover():
-    tokens = ["the", "cat", "saw", "the", "dog"]  # "the" twice: must stay two rows / columns
+    tokens = [
+        "the",
+        "cat",
+        "saw",
+        "the",
+        "dog",
+    ]  # "the" twice: must stay two rows / columns
     weights = random_attention(5, 5)
     fig = viz.attention_heatmap(weights, tokens, title="one head")
 
     assert isinstance(fig, go.Figure) and len(fig.data) == 1
     trace = fig.data[0]
     assert isinstance(trace, go.Heatmap)
-    torch.testing.assert_close(torch.tensor(np.asarray(trace.z), dtype=torch.float32), weights)
+    torch.testing.assert_close(
+        torch.tensor(np.asarray(trace.z), dtype=torch.float32), weights
+    )
     for axis in (fig.layout.xaxis, fig.layout.yaxis):
         assert list(axis.ticktext) == tokens
         assert list(axis.tickvals) == [0, 1, 2, 3, 4]
@@ -112,7 +128,10 @@ def test_heatmap_has_tokens_weights_and_hover():
 def test_heatmap_rectangular_and_escaped_tokens():
     weights = np.full((2, 3), 1 / 3)
     fig = viz.attention_heatmap(weights, ["<s>", "a"], tokens_k=["x", "y", "&"])
-    assert list(fig.layout.yaxis.ticktext) == ["&lt;s&gt;", "a"]  # not read as strikethrough
+    assert list(fig.layout.yaxis.ticktext) == [
+        "&lt;s&gt;",
+        "a",
+    ]  # not read as strikethrough
     assert list(fig.layout.xaxis.ticktext) == ["x", "y", "&amp;"]
     np.testing.assert_allclose(np.asarray(fig.data[0].z), weights)
 
@@ -122,7 +141,12 @@ def test_heatmap_rectangular_and_escaped_tokens():
     [
         (torch.ones(2, 2) / 2, ["a"], ValueError, "tokens_q has 1 tokens"),
         (torch.ones(2, 2, 2), ["a", "b"], ValueError, "2 dimensions"),
-        (torch.tensor([[float("nan"), 1.0], [0.5, 0.5]]), ["a", "b"], ValueError, "NaN"),
+        (
+            torch.tensor([[float("nan"), 1.0], [0.5, 0.5]]),
+            ["a", "b"],
+            ValueError,
+            "NaN",
+        ),
         (torch.ones(2, 2) / 2, "ab", TypeError, "list of token strings"),
         ("not numbers", ["a"], TypeError, "weights must be"),
     ],
@@ -139,17 +163,26 @@ def test_grid_has_one_panel_per_head_on_a_shared_scale():
 
     heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]
     assert len(heatmaps) == n_heads
-    assert len({(t.xaxis, t.yaxis) for t in heatmaps}) == n_heads  # each in its own subplot
+    assert (
+        len({(t.xaxis, t.yaxis) for t in heatmaps}) == n_heads
+    )  # each in its own subplot
     for h, trace in enumerate(heatmaps):
         torch.testing.assert_close(
             torch.tensor(np.asarray(trace.z), dtype=torch.float32), weights[h]
         )
         assert trace.coloraxis == "coloraxis"
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.0, 1.0)
-    assert [a.text for a in fig.layout.annotations] == [f"head {h}" for h in range(n_heads)]
-    assert list(fig.layout.xaxis.ticktext) == tokens and list(fig.layout.yaxis3.ticktext) == tokens
+    assert [a.text for a in fig.layout.annotations] == [
+        f"head {h}" for h in range(n_heads)
+    ]
+    assert (
+        list(fig.layout.xaxis.ticktext) == tokens
+        and list(fig.layout.yaxis3.ticktext) == tokens
+    )
     assert fig.layout.yaxis6.autorange == "reversed"
-    assert fig.layout.xaxis8.visible is False  # 2 x 4 grid, 6 heads: two empty cells hidden
+    assert (
+        fig.layout.xaxis8.visible is False
+    )  # 2 x 4 grid, 6 heads: two empty cells hidden
 
 
 def test_grid_rejects_bad_arguments():
@@ -219,7 +252,9 @@ def test_attention_for_text_matches_the_model(tiny_model):
     tiny_model.eval()
     with torch.no_grad():
         _, expected = tiny_model(torch.tensor([encode("a cat")]), return_attention=True)
-    torch.testing.assert_close(attentions, torch.stack(expected)[:, 0])  # eval: no dropout
+    torch.testing.assert_close(
+        attentions, torch.stack(expected)[:, 0]
+    )  # eval: no dropout
     assert attentions.shape == (3, 2, 5, 5)
 
 
@@ -228,7 +263,9 @@ def test_attention_for_text_truncates_to_max_len(tiny_model):
     tokens, attentions, truncated = viz.attention_for_text(
         tiny_model, text, encode=encode, decode_tokens=decode_tokens
     )
-    assert truncated is True and tokens == list(text[:12]) and attentions.shape[-1] == 12
+    assert (
+        truncated is True and tokens == list(text[:12]) and attentions.shape[-1] == 12
+    )
     tokens, _, truncated = viz.attention_for_text(
         tiny_model, text, encode=encode, decode_tokens=decode_tokens, max_len=4
     )
@@ -257,7 +294,9 @@ def test_attention_for_text_hugging_face(tiny_bert):
     )
     assert tokens == ["[CLS]", "hello", "world", "[SEP]"] and truncated is False
     with torch.no_grad():
-        expected = model(**tokenizer("hello world", return_tensors="pt"), output_attentions=True)
+        expected = model(
+            **tokenizer("hello world", return_tensors="pt"), output_attentions=True
+        )
     torch.testing.assert_close(attentions, torch.stack(expected.attentions)[:, 0])
     # max_position_embeddings = 10: a longer text keeps [CLS] + 8 tokens + [SEP]
     tokens, attentions, truncated = viz.attention_for_text(
@@ -293,12 +332,17 @@ def test_explorer_shows_selected_head(tiny_model, monkeypatch):
     monkeypatch.setattr("IPython.display.display", shown.append)
     explorer._ipython_display_()  # what a notebook does with an explorer on a cell's last line
     assert shown == [explorer.widget]
-    assert "application/vnd.jupyter.widget-view+json" in explorer.widget._repr_mimebundle_()
+    assert (
+        "application/vnd.jupyter.widget-view+json"
+        in explorer.widget._repr_mimebundle_()
+    )
     assert explorer.widget.children[-1] is explorer.output
 
 
 def test_explorer_messages_for_empty_and_long_text(tiny_model):
-    explorer = viz.AttentionExplorer(tiny_model, encode=encode, decode_tokens=decode_tokens)
+    explorer = viz.AttentionExplorer(
+        tiny_model, encode=encode, decode_tokens=decode_tokens
+    )
     explorer.text_box.value = ""
     assert _kinds(explorer) == ["stream"] and explorer.figure is None
     assert "empty" in explorer.output.outputs[0]["text"]
@@ -316,7 +360,9 @@ def test_explorer_reports_model_errors_in_the_output(tiny_model):
     def broken_encode(text):
         raise KeyError("unknown character")
 
-    explorer = viz.AttentionExplorer(tiny_model, encode=broken_encode, decode_tokens=decode_tokens)
+    explorer = viz.AttentionExplorer(
+        tiny_model, encode=broken_encode, decode_tokens=decode_tokens
+    )
     assert _kinds(explorer) == ["stream"]
     assert "Could not compute attention" in explorer.output.outputs[0]["text"]
 
@@ -325,7 +371,12 @@ def test_explorer_hugging_face(tiny_bert):
     model, tokenizer = tiny_bert
     explorer = viz.AttentionExplorer(model, tokenizer, text="hello world")
     assert (explorer.layer_slider.max, explorer.head_slider.max) == (1, 1)
-    assert list(explorer.figure.layout.yaxis.ticktext) == ["[CLS]", "hello", "world", "[SEP]"]
+    assert list(explorer.figure.layout.yaxis.ticktext) == [
+        "[CLS]",
+        "hello",
+        "world",
+        "[SEP]",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,10 +396,15 @@ def _params(page: str) -> dict:
 def _check_offline_page(page: str, vendor: str = "../_static/vendor") -> None:
     assert not SCRIPT_SRC.search(page)  # nothing is fetched by a <script src> tag
     assert f'"{vendor}/require.js"' in page
-    assert f'["{vendor}/d3.min", "https://cdnjs.cloudflare.com/ajax/libs/d3/5.7.0/d3.min"]' in page
+    assert (
+        f'["{vendor}/d3.min", "https://cdnjs.cloudflare.com/ajax/libs/d3/5.7.0/d3.min"]'
+        in page
+    )
     assert f'"{vendor}/jquery.min"' in page
     assert "require.config({" not in page  # bertviz's global CDN-only config is gone
-    assert "function renderVis" in page or "function render" in page  # bertviz's own code
+    assert (
+        "function renderVis" in page or "function render" in page
+    )  # bertviz's own code
 
 
 @pytest.mark.parametrize("view", [viz.head_view, viz.model_view])
@@ -369,24 +425,31 @@ def test_bertviz_views_from_book_model(view, tiny_model):
     torch.testing.assert_close(sent, torch.stack(attentions)[:, 0])
     assert params["attention"][0]["left_text"] == tokens
     assert params["root_div_id"] in shown.data
-    assert view(attentions, tokens).data == shown.data  # content-derived id: reproducible output
+    assert (
+        view(attentions, tokens).data == shown.data
+    )  # content-derived id: reproducible output
 
 
 def test_bertviz_from_hugging_face_and_custom_vendor(tiny_bert):
     model, tokenizer = tiny_bert
     batch = tokenizer("hello world", return_tensors="pt")
     with torch.no_grad():
-        attentions = model(**batch, output_attentions=True).attentions  # tuple of [1, H, L, L]
+        attentions = model(
+            **batch, output_attentions=True
+        ).attentions  # tuple of [1, H, L, L]
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
     page = viz.head_view(attentions, tokens, vendor_url="/static/js/").data
     _check_offline_page(page, vendor="/static/js")
     torch.testing.assert_close(
-        torch.tensor(_params(page)["attention"][0]["attn"]), torch.stack(attentions)[:, 0]
+        torch.tensor(_params(page)["attention"][0]["attn"]),
+        torch.stack(attentions)[:, 0],
     )
     # the [n_layers, H, L, L] stack from attention_for_text is accepted too
     _, stacked, _ = viz.attention_for_text(model, "hello world", tokenizer=tokenizer)
     page = viz.model_view(stacked, tokens, display_mode="light").data
-    torch.testing.assert_close(torch.tensor(_params(page)["attention"][0]["attn"]), stacked)
+    torch.testing.assert_close(
+        torch.tensor(_params(page)["attention"][0]["attn"]), stacked
+    )
 
 
 def test_bertviz_argument_checks():
@@ -400,7 +463,9 @@ def test_bertviz_argument_checks():
     with pytest.raises(ValueError, match="tokens has 2 tokens"):
         viz.head_view([random_attention(1, 2, 3, 3)], ["a", "b"])
     with pytest.raises(TypeError, match="html_action"):
-        viz.head_view([random_attention(1, 2, 3, 3)], ["a", "b", "c"], html_action="view")
+        viz.head_view(
+            [random_attention(1, 2, 3, 3)], ["a", "b", "c"], html_action="view"
+        )
     with pytest.raises(TypeError, match="list/tuple"):
         viz.head_view([], [])
     with pytest.raises(RuntimeError, match="bertviz"):
@@ -481,8 +546,14 @@ def test_bertviz_sources(monkeypatch):
     libraries = {"d3": "/* d3 */", "jquery": "/* jquery */"}
     first = viz.rewrite_bertviz_html(raw, source="inline", libraries=libraries)
     later = viz.rewrite_bertviz_html(raw, source="inline", libraries={})
-    assert first.startswith(viz._inline_libraries_html(libraries)) and first.endswith(later)
-    assert not SCRIPT_SRC.search(first) and "require.js" not in first and "cdn" not in later
+    assert first.startswith(viz._inline_libraries_html(libraries)) and first.endswith(
+        later
+    )
+    assert (
+        not SCRIPT_SRC.search(first)
+        and "require.js" not in first
+        and "cdn" not in later
+    )
     with pytest.raises(ValueError, match="source"):
         viz.rewrite_bertviz_html(raw, source="colab")
     # in a live session only the first view of the kernel carries the libraries
@@ -500,7 +571,9 @@ BERTVIZ_STATE = """() => ({
 })"""
 
 
-def _render_offline(tmp_path, body: str, state_js: str = BERTVIZ_STATE) -> tuple[dict, list[str]]:
+def _render_offline(
+    tmp_path, body: str, state_js: str = BERTVIZ_STATE
+) -> tuple[dict, list[str]]:
     """Open ``body`` in headless Chromium with every request but file:// blocked.
 
     Returns what ``state_js`` evaluates to after 5 s (plus the blocked URLs under "external") and
@@ -510,12 +583,16 @@ def _render_offline(tmp_path, body: str, state_js: str = BERTVIZ_STATE) -> tuple
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian's chromium is not installed")
     page_file = tmp_path / "page.html"
-    page_file.write_text(f"<!doctype html><html><head></head><body>{body}</body></html>")
+    page_file.write_text(
+        f"<!doctype html><html><head></head><body>{body}</body></html>"
+    )
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium")
         page = browser.new_page()
         errors, external = [], []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on(
+            "console", lambda m: errors.append(m.text) if m.type == "error" else None
+        )
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.route(
             lambda url: not url.startswith("file:"),
@@ -558,14 +635,18 @@ def test_heatmaps_with_repeated_tokens_draw_every_cell_in_chromium(tmp_path):
     body = plotting.plotly_js_html() + "".join(
         plotting.figure_html(fig, source="site") for fig in figures
     )
-    state, errors = _render_offline(tmp_path, body, f"() => ({{maps: ({DRAWN_HEATMAPS})()}})")
+    state, errors = _render_offline(
+        tmp_path, body, f"() => ({{maps: ({DRAWN_HEATMAPS})()}})"
+    )
     assert errors == [] and state["external"] == []
     assert len(state["maps"]) == 1 + 2 + 2
     assert all(m["drawn"] == m["data"] == [n, n] for m in state["maps"]), state["maps"]
     # the control: tokens as category values merge the repeats (what the helpers avoid)
     merged = go.Figure(go.Heatmap(z=weights[0].tolist(), x=tokens, y=tokens))
     body = plotting.plotly_js_html() + plotting.figure_html(merged, source="site")
-    state, _ = _render_offline(tmp_path, body, f"() => ({{maps: ({DRAWN_HEATMAPS})()}})")
+    state, _ = _render_offline(
+        tmp_path, body, f"() => ({{maps: ({DRAWN_HEATMAPS})()}})"
+    )
     assert state["maps"][0]["drawn"] == [6, 6]
 
 
@@ -588,7 +669,9 @@ def test_bertviz_live_views_draw_offline_in_chromium(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_bertviz_view_says_why_when_nothing_loads(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMBOOK_PLOTLY", "cdn")  # the CDN is unreachable in the test browser
+    monkeypatch.setenv(
+        "LLMBOOK_PLOTLY", "cdn"
+    )  # the CDN is unreachable in the test browser
     page = viz.head_view([random_attention(1, 2, 3, 3)], ["a", "b", "c"]).data
     state, errors = _render_offline(tmp_path, page)
     assert state["views"][0]["svg"] is False
@@ -604,7 +687,9 @@ def test_bertviz_view_says_why_when_nothing_loads(tmp_path, monkeypatch):
 def test_with_the_book_transformer_lm():
     models = pytest.importorskip("utils.models")
     torch.manual_seed(0)
-    model = models.TransformerLM(vocab_size=len(ALPHABET), d_model=16, n_heads=2, n_layers=2)
+    model = models.TransformerLM(
+        vocab_size=len(ALPHABET), d_model=16, n_heads=2, n_layers=2
+    )
     tokens, attentions, truncated = viz.attention_for_text(
         model, "a cat sat", encode=encode, decode_tokens=decode_tokens
     )
@@ -631,4 +716,8 @@ def test_with_the_book_classifier_cls_position():
     tokens, attentions, truncated = viz.attention_for_text(
         model, "a long sentence", encode=encode, decode_tokens=decode_tokens
     )
-    assert truncated and tokens == ["[CLS]", *"a long s"] and attentions.shape == (1, 2, 9, 9)
+    assert (
+        truncated
+        and tokens == ["[CLS]", *"a long s"]
+        and attentions.shape == (1, 2, 9, 9)
+    )

@@ -25,7 +25,9 @@ def test_sgns_loss_matches_explicit_formula_and_bce():
             expected -= math.log(1 / (1 + math.exp(float(noise[b, k] @ v[b]))))
         assert loss[b].item() == pytest.approx(expected, rel=1e-5)
     # the same loss is a binary cross-entropy: label 1 for the context word, 0 for the noise
-    logits = torch.cat([(u * v).sum(-1, keepdim=True), (noise @ v.unsqueeze(-1)).squeeze(-1)], 1)
+    logits = torch.cat(
+        [(u * v).sum(-1, keepdim=True), (noise @ v.unsqueeze(-1)).squeeze(-1)], 1
+    )
     labels = torch.zeros_like(logits)
     labels[:, 0] = 1
     bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(-1)
@@ -81,7 +83,9 @@ def test_skipgram_pairs_window_one_and_shrinking_window():
     assert pairs == {(10, 11), (11, 12), (12, 13), (11, 10), (12, 11), (13, 12)}
     # distance δ is kept with probability (window − δ + 1) / window
     stream = torch.arange(20_000)
-    c, o = wordvec.skipgram_pairs(stream, window=4, generator=torch.Generator().manual_seed(0))
+    c, o = wordvec.skipgram_pairs(
+        stream, window=4, generator=torch.Generator().manual_seed(0)
+    )
     distance = (c - o).abs()
     assert distance.min() == 1 and distance.max() == 4
     for delta in range(1, 5):
@@ -147,7 +151,9 @@ def test_training_reduces_the_loss_and_finds_planted_neighbours():
 
 def test_train_sgns_stops_at_max_pairs_and_checks_arguments():
     ids, counts, _, _ = _planted_corpus(100)
-    _, history = wordvec.train_sgns(ids, counts, dim=4, batch_size=10, max_pairs=35, epochs=5)
+    _, history = wordvec.train_sgns(
+        ids, counts, dim=4, batch_size=10, max_pairs=35, epochs=5
+    )
     assert history.pairs_seen == 35
     _, _ = wordvec.train_sgns(ids, counts, dim=4, max_pairs=10, threads=2)
     assert torch.get_num_threads() == 1  # restored (conftest runs tests on one thread)
@@ -160,7 +166,13 @@ def test_train_sgns_stops_at_max_pairs_and_checks_arguments():
 def test_analogy_and_accuracy_on_planted_vectors():
     # man, woman, king, queen, apple: queen = king − man + woman exactly; apple is a distractor
     vectors = torch.tensor(
-        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.3, 0.3, -1.0]]
+        [
+            [1.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [1.0, 0.0, 1.0],
+            [0.0, 1.0, 1.0],
+            [0.3, 0.3, -1.0],
+        ]
     )
     ids, sims = wordvec.analogy(vectors, 0, 1, 2, k=2)
     assert ids[0] == 3 and sims[0] > sims[1]

@@ -77,7 +77,9 @@ def association(w: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tens
     return cosine_matrix(w, A).mean(dim=1) - cosine_matrix(w, B).mean(dim=1)
 
 
-def effect_size(X: torch.Tensor, Y: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> float:
+def effect_size(
+    X: torch.Tensor, Y: torch.Tensor, A: torch.Tensor, B: torch.Tensor
+) -> float:
     """WEAT effect size d: difference of the targets' mean associations over their pooled std.
 
     Positive: X sits closer to A (and Y to B) than the other way round. |d| is in standard
@@ -86,12 +88,16 @@ def effect_size(X: torch.Tensor, Y: torch.Tensor, A: torch.Tensor, B: torch.Tens
     for name, t in (("X", X), ("Y", Y)):
         _check_matrix(name, t)
     if X.shape[0] + Y.shape[0] < 3:
-        raise ValueError("X and Y together need at least 3 rows for a standard deviation")
+        raise ValueError(
+            "X and Y together need at least 3 rows for a standard deviation"
+        )
     _check_same_width(X=X, Y=Y, A=A, B=B)
     s_x, s_y = association(X, A, B), association(Y, A, B)
     spread = torch.cat([s_x, s_y]).std()  # sample std (n - 1), as in Caliskan et al.
     if spread == 0:
-        raise ValueError("every target has the same association: the effect size is undefined")
+        raise ValueError(
+            "every target has the same association: the effect size is undefined"
+        )
     return float((s_x.mean() - s_y.mean()) / spread)
 
 
@@ -122,7 +128,9 @@ def permutation_p_value(
         stats = 2 * s[index].sum(dim=1) - total
         return float((stats >= observed - tolerance).double().mean()), True
     keys = torch.rand(n_samples, n, generator=generator)
-    index = keys.argsort(dim=1)[:, :n_x]  # a uniformly random subset of size n_x per row
+    index = keys.argsort(dim=1)[
+        :, :n_x
+    ]  # a uniformly random subset of size n_x per row
     stats = 2 * s[index].sum(dim=1) - total
     hits = int((stats >= observed - tolerance).sum()) + 1
     return hits / (n_samples + 1), False
@@ -139,7 +147,9 @@ def project_out(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     if not isinstance(direction, torch.Tensor) or direction.dim() != 1:
         raise ValueError("direction must be a 1-dimensional tensor (d,)")
     if direction.shape[0] != x.shape[1]:
-        raise ValueError(f"direction has width {direction.shape[0]}, x has width {x.shape[1]}")
+        raise ValueError(
+            f"direction has width {direction.shape[0]}, x has width {x.shape[1]}"
+        )
     if not torch.isfinite(direction).all() or direction.norm() == 0:
         raise ValueError("direction must be a finite, non-zero vector")
     u = F.normalize(direction.to(x.dtype), dim=0)
@@ -177,5 +187,9 @@ def association_test(
     d = effect_size(X, Y, A, B)
     p, exact = permutation_p_value(X, Y, A, B, n_samples=n_samples, generator=generator)
     return AssociationTest(
-        d, p, exact, float(association(X, A, B).mean()), float(association(Y, A, B).mean())
+        d,
+        p,
+        exact,
+        float(association(X, A, B).mean()),
+        float(association(Y, A, B).mean()),
     )

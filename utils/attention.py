@@ -67,9 +67,13 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
         if t.dim() < 2:
-            raise ValueError(f"{name} must have shape (..., L, d), got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have shape (..., L, d), got {tuple(t.shape)}"
+            )
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(
+            f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"q and k must have the same last dimension d_k, got {q.shape[-1]} and {k.shape[-1]}"
@@ -163,13 +167,17 @@ def padding_mask(
     """
     x = lengths_or_ids
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"lengths_or_ids must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(
+            f"lengths_or_ids must be a torch.Tensor, got {type(x).__name__}"
+        )
     if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"lengths_or_ids must be an integer tensor, got {x.dtype}")
 
     if x.dim() == 1:  # lengths
         if pad_idx is not None:
-            raise ValueError("pad_idx is only used with token ids (B, L), not with lengths (B,)")
+            raise ValueError(
+                "pad_idx is only used with token ids (B, L), not with lengths (B,)"
+            )
         if x.numel() == 0:
             raise ValueError("lengths must not be empty")
         if (x < 0).any():
@@ -183,9 +191,13 @@ def padding_mask(
         keep = torch.arange(max_len, device=x.device) < x[:, None]  # (B, L)
     elif x.dim() == 2:  # token ids
         if pad_idx is None:
-            raise ValueError("pad_idx is required when passing token ids of shape (B, L)")
+            raise ValueError(
+                "pad_idx is required when passing token ids of shape (B, L)"
+            )
         if max_len is not None and max_len != x.shape[1]:
-            raise ValueError(f"max_len={max_len} does not match the ids' length {x.shape[1]}")
+            raise ValueError(
+                f"max_len={max_len} does not match the ids' length {x.shape[1]}"
+            )
         keep = x != pad_idx
     else:
         raise ValueError(
@@ -267,9 +279,17 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         """Shapes of :meth:`forward`'s arguments, checked before any work (shapes are free)."""
         for name, t in (("query", query), ("key", key), ("value", value)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[-1] != self.d_model:
-                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"{name} must have shape (B, L, {self.d_model}), got {shape}")
+            if (
+                not isinstance(t, torch.Tensor)
+                or t.dim() != 3
+                or t.shape[-1] != self.d_model
+            ):
+                shape = (
+                    tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                )
+                raise ValueError(
+                    f"{name} must have shape (B, L, {self.d_model}), got {shape}"
+                )
         if key.shape != value.shape:
             raise ValueError(
                 f"key and value must have the same shape, got {tuple(key.shape)} and "
@@ -282,7 +302,9 @@ class MultiHeadAttention(nn.Module):
             )
         (B, L_q, _), L_k = query.shape, key.shape[1]
         if is_causal and L_q != L_k:
-            raise ValueError(f"is_causal=True needs L_q == L_k, got L_q={L_q}, L_k={L_k}")
+            raise ValueError(
+                f"is_causal=True needs L_q == L_k, got L_q={L_q}, L_k={L_k}"
+            )
         if mask is not None:
             _check_mask(mask, torch.Size((B, self.n_heads, L_q, L_k)))
 
@@ -323,7 +345,9 @@ class MultiHeadAttention(nn.Module):
             mask = causal if mask is None else mask & causal
             is_causal = False
         if need_weights:
-            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, self.training)
+            out, weights = scaled_dot_product_attention(
+                q, k, v, mask, dropout_p, self.training
+            )
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
@@ -425,9 +449,15 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.max_len = max_len
         self.base = float(base)
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        angle = torch.arange(max_len, dtype=torch.float32)[:, None] * inv_freq  # (max_len, hd/2)
-        angle = torch.cat([angle, angle], dim=-1)  # (max_len, head_dim): pair i <-> i + hd/2
+        inv_freq = base ** (
+            -torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim
+        )
+        angle = (
+            torch.arange(max_len, dtype=torch.float32)[:, None] * inv_freq
+        )  # (max_len, hd/2)
+        angle = torch.cat(
+            [angle, angle], dim=-1
+        )  # (max_len, head_dim): pair i <-> i + hd/2
         self.register_buffer("cos", angle.cos(), persistent=False)
         self.register_buffer("sin", angle.sin(), persistent=False)
 
@@ -437,11 +467,19 @@ class RotaryEmbedding(nn.Module):
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([-x2, x1], dim=-1)
 
-    def rotate(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def rotate(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Rotate ``x (..., L, head_dim)``; ``positions`` (L,) ints, default ``0..L-1``."""
-        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != self.head_dim:
+        if (
+            not isinstance(x, torch.Tensor)
+            or x.dim() < 2
+            or x.shape[-1] != self.head_dim
+        ):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected a tensor of shape (..., L, {self.head_dim}), got {shape}")
+            raise ValueError(
+                f"expected a tensor of shape (..., L, {self.head_dim}), got {shape}"
+            )
         L = x.shape[-2]
         if positions is None:
             if L > self.max_len:
@@ -460,9 +498,15 @@ class RotaryEmbedding(nn.Module):
                     if isinstance(positions, torch.Tensor)
                     else type(positions).__name__
                 )
-                raise ValueError(f"positions must be an integer tensor of shape ({L},), got {got}")
-            if positions.numel() and (positions.min() < 0 or positions.max() >= self.max_len):
-                raise ValueError(f"positions must lie in [0, {self.max_len}), got {positions}")
+                raise ValueError(
+                    f"positions must be an integer tensor of shape ({L},), got {got}"
+                )
+            if positions.numel() and (
+                positions.min() < 0 or positions.max() >= self.max_len
+            ):
+                raise ValueError(
+                    f"positions must lie in [0, {self.max_len}), got {positions}"
+                )
             cos, sin = self.cos[positions], self.sin[positions]
         return x * cos.to(x.dtype) + self.rotate_half(x) * sin.to(x.dtype)
 

@@ -107,7 +107,9 @@ def random_qkv(
         check_min_int(name, value)
     g = torch.Generator().manual_seed(seed)
     shape = (batch, heads, seq_len, head_dim)
-    return tuple(torch.randn(shape, generator=g).to(device=device, dtype=dtype) for _ in range(3))
+    return tuple(
+        torch.randn(shape, generator=g).to(device=device, dtype=dtype) for _ in range(3)
+    )
 
 
 def score_bytes(
@@ -217,11 +219,14 @@ def _cpu_allocation_events(fn: Callable[[], object]) -> list[tuple[int, int]]:
         fn()
     results = getattr(prof.profiler, "kineto_results", None)
     if results is None:  # pragma: no cover - depends on the torch build
-        raise RuntimeError("this torch build's profiler records no allocation events (no Kineto)")
+        raise RuntimeError(
+            "this torch build's profiler records no allocation events (no Kineto)"
+        )
     return sorted(
         (event.start_ns(), event.nbytes())
         for event in results.events()
-        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+        if event.name() == "[memory]"
+        and event.device_type() == torch.autograd.DeviceType.CPU
     )
 
 
@@ -242,7 +247,9 @@ def peak_memory_bytes(fn: Callable[[], object], device="cpu") -> int:
         _synchronize(device)
         return max(0, torch.cuda.max_memory_allocated(device) - before)
     if device.type != "cpu":
-        raise ValueError(f"peak_memory_bytes supports cpu and cuda devices, got {device}")
+        raise ValueError(
+            f"peak_memory_bytes supports cpu and cuda devices, got {device}"
+        )
     current = peak = 0
     for _, nbytes in _cpu_allocation_events(fn):
         current += nbytes
@@ -287,7 +294,9 @@ def _bind(fn: AttentionFn, qkv: tuple, is_causal: bool) -> Callable[[], torch.Te
     return lambda: fn(q, k, v, is_causal=is_causal)
 
 
-def _wants_more(done: list[float], repeats: int, max_repeats: int, min_time_s: float) -> bool:
+def _wants_more(
+    done: list[float], repeats: int, max_repeats: int, min_time_s: float
+) -> bool:
     if len(done) < repeats:
         return True
     return len(done) < max_repeats and sum(done) < min_time_s
@@ -327,7 +336,9 @@ def measure(
         raise ValueError("impls must name at least one implementation")
     for name, fn in impls.items():
         if not callable(fn):
-            raise TypeError(f"impls[{name!r}] must be callable as fn(q, k, v, is_causal=...)")
+            raise TypeError(
+                f"impls[{name!r}] must be callable as fn(q, k, v, is_causal=...)"
+            )
     if isinstance(seq_lens, (str, bytes)) or not seq_lens:
         raise ValueError("seq_lens must be a non-empty sequence of ints")
     for L in seq_lens:
@@ -335,7 +346,11 @@ def measure(
     check_min_int("repeats", repeats)
     check_min_int("warmup", warmup, minimum=0)
     check_min_int("max_repeats", max_repeats, minimum=repeats)
-    if isinstance(min_time_s, bool) or not isinstance(min_time_s, (int, float)) or min_time_s < 0:
+    if (
+        isinstance(min_time_s, bool)
+        or not isinstance(min_time_s, (int, float))
+        or min_time_s < 0
+    ):
         raise ValueError(f"min_time_s must be a number >= 0, got {min_time_s!r}")
     device = torch.device(device)
 
@@ -348,7 +363,9 @@ def measure(
     points = []
     with torch.no_grad():
         for L in lengths:
-            qkv = random_qkv(batch, heads, L, head_dim, dtype=dtype, device=device, seed=seed + L)
+            qkv = random_qkv(
+                batch, heads, L, head_dim, dtype=dtype, device=device, seed=seed + L
+            )
             calls = {name: _bind(fn, qkv, is_causal) for name, fn in impls.items()}
             if spin_up_s > 0:
                 spin_up(device, spin_up_s)
@@ -358,12 +375,16 @@ def measure(
             times = {name: [] for name in calls}
             while True:
                 pending = [
-                    n for n in calls if _wants_more(times[n], repeats, max_repeats, min_time_s)
+                    n
+                    for n in calls
+                    if _wants_more(times[n], repeats, max_repeats, min_time_s)
                 ]
                 if not pending:
                     break
                 for name in pending:
-                    times[name] += time_calls(calls[name], repeats=1, warmup=0, device=device)
+                    times[name] += time_calls(
+                        calls[name], repeats=1, warmup=0, device=device
+                    )
             reference = score_bytes(batch, heads, L, dtype)
             for name, call in calls.items():
                 peak = peak_memory_bytes(call, device) if memory else None
@@ -383,11 +404,15 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]
     """
     xs, ys = [float(a) for a in x], [float(b) for b in y]
     if len(xs) != len(ys):
-        raise ValueError(f"x and y must have the same length, got {len(xs)} and {len(ys)}")
+        raise ValueError(
+            f"x and y must have the same length, got {len(xs)} and {len(ys)}"
+        )
     if len(set(xs)) < 2:
         raise ValueError("fit_power_law needs at least two distinct x values")
     if min(xs) <= 0 or min(ys) <= 0:
-        raise ValueError("fit_power_law needs positive x and y (it fits on log-log axes)")
+        raise ValueError(
+            "fit_power_law needs positive x and y (it fits on log-log axes)"
+        )
     lx, ly = [math.log(a) for a in xs], [math.log(b) for b in ys]
     mx, my = statistics.fmean(lx), statistics.fmean(ly)
     slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum(
@@ -426,7 +451,9 @@ def sdpa_backend_functions(
     for name in names:
         backend = getattr(SDPBackend, name, None)
         if backend is None:
-            offered = [n for n in SDPBackend.__members__ if n not in ("ERROR", "OVERRIDEABLE")]
+            offered = [
+                n for n in SDPBackend.__members__ if n not in ("ERROR", "OVERRIDEABLE")
+            ]
             raise ValueError(f"unknown SDPA backend {name!r}; torch offers {offered}")
 
         def run(q, k, v, is_causal=False, _backend=backend):

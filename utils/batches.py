@@ -28,7 +28,9 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     """
     if isinstance(batch, torch.Tensor):
         if batch.device.type == "cpu" and torch.device(device).type == "cuda":
-            batch = batch.pin_memory()  # returns the tensor itself if it is pinned already
+            batch = (
+                batch.pin_memory()
+            )  # returns the tensor itself if it is pinned already
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (tuple, list)):
         return type(batch)(move_to_device(item, device) for item in batch)

@@ -81,5 +81,7 @@ def time_ratios(times: Mapping[str, list[float]], baseline: str) -> dict[str, fl
     if baseline not in med:
         raise KeyError(f"baseline {baseline!r} is not one of {list(med)}")
     if med[baseline] <= 0:
-        raise ValueError(f"the baseline's median time is {med[baseline]}: cannot divide by it")
+        raise ValueError(
+            f"the baseline's median time is {med[baseline]}: cannot divide by it"
+        )
     return {name: value / med[baseline] for name, value in med.items()}

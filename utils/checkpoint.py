@@ -35,7 +35,9 @@ def rng_state() -> dict[str, Any]:
 
     ``{"python": ..., "numpy": ..., "torch": uint8 tensor, "cuda": [uint8 tensor per GPU] | None}``.
     """
-    numpy_state = np.random.get_state(legacy=False)  # dict; its key array -> list of ints
+    numpy_state = np.random.get_state(
+        legacy=False
+    )  # dict; its key array -> list of ints
     numpy_state["state"] = {
         "key": numpy_state["state"]["key"].tolist(),
         "pos": int(numpy_state["state"]["pos"]),
@@ -88,6 +90,11 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint onto the CPU with ``weights_only=True`` and check its format number."""
     path = os.fspath(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a utils.train checkpoint (format {CHECKPOINT_FORMAT})")
+    if (
+        not isinstance(checkpoint, dict)
+        or checkpoint.get("format") != CHECKPOINT_FORMAT
+    ):
+        raise ValueError(
+            f"{path} is not a utils.train checkpoint (format {CHECKPOINT_FORMAT})"
+        )
     return checkpoint

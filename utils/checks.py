@@ -9,7 +9,9 @@ import math
 from typing import Any
 
 
-def check_int(name: str, value: Any, minimum: int | None = None, optional: bool = False) -> Any:
+def check_int(
+    name: str, value: Any, minimum: int | None = None, optional: bool = False
+) -> Any:
     """Return ``value`` if it is an ``int`` (``>= minimum`` when given; ``None`` when ``optional``).
 
     The one exception policy of the library: ``TypeError`` for a value of the wrong type
@@ -20,7 +22,9 @@ def check_int(name: str, value: Any, minimum: int | None = None, optional: bool 
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         allowed = "an int or None" if optional else "an int"
-        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__}: {value!r}")
+        raise TypeError(
+            f"{name} must be {allowed}, got {type(value).__name__}: {value!r}"
+        )
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -47,10 +51,14 @@ def check_number(
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         allowed = "a number or None" if optional else "a number"
-        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__}: {value!r}")
+        raise TypeError(
+            f"{name} must be {allowed}, got {type(value).__name__}: {value!r}"
+        )
     if math.isnan(value) or (math.isinf(value) and not allow_inf):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
+    if minimum is not None and (
+        value <= minimum if exclusive_minimum else value < minimum
+    ):
         relation = ">" if exclusive_minimum else ">="
         raise ValueError(f"{name} must be {relation} {minimum}, got {value!r}")
     if maximum is not None and value > maximum:

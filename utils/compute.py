@@ -177,7 +177,9 @@ def _positive(name: str, value, *, integer: bool = False) -> float:
     """Return ``value`` as a float if it is a finite real number > 0 (an int if ``integer``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         kind = "an integer" if integer else "a number"
-        raise TypeError(f"{name} must be {kind} > 0, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be {kind} > 0, got {value!r} ({type(value).__name__})"
+        )
     if integer and not float(value).is_integer():
         raise ValueError(f"{name} must be a whole number > 0, got {value!r}")
     value = float(value)
@@ -213,7 +215,11 @@ def training_flops(n_params: float, n_tokens: float) -> float:
 
 
 def attention_flops(
-    n_layers: int, context_length: int, d_model: int, n_tokens: float, causal: bool = True
+    n_layers: int,
+    context_length: int,
+    d_model: int,
+    n_tokens: float,
+    causal: bool = True,
 ) -> float:
     """Training FLOPs of the attention scores ``QKᵀ`` and of ``weights·V`` over ``n_tokens``.
 
@@ -267,7 +273,11 @@ def flops_per_token_terms(
     ``training_flops`` are the same count over ``n_tokens``.
     """
     check_int("n_params", n_params, minimum=0)
-    for name, value in (("n_layers", n_layers), ("d_model", d_model), ("context_len", context_len)):
+    for name, value in (
+        ("n_layers", n_layers),
+        ("d_model", d_model),
+        ("context_len", context_len),
+    ):
         check_int(name, value, minimum=1)
     check_int("vocab_size", vocab_size, minimum=1, optional=True)
     if attention not in ATTENTION_CONVENTIONS:
@@ -313,7 +323,9 @@ def tokens_per_parameter(n_params: float, n_tokens: float) -> float:
     return _positive("n_tokens", n_tokens) / _positive("n_params", n_params)
 
 
-def chinchilla_optimal(flops: float, tokens_per_param: float = 20.0) -> tuple[float, float]:
+def chinchilla_optimal(
+    flops: float, tokens_per_param: float = 20.0
+) -> tuple[float, float]:
     """Split a compute budget ``C`` into ``(N, D)`` with ``C = 6·N·D`` and ``D = r·N``.
 
     Returns ``N = sqrt(C / (6 r))`` and ``D = r·N``. With ``r ≈ 20`` this is the rule of thumb
@@ -328,7 +340,9 @@ def chinchilla_optimal(flops: float, tokens_per_param: float = 20.0) -> tuple[fl
 # ------------------------------------------------------------------------------ time
 
 
-def accelerator_hours(flops: float, peak_flops_per_s: float, utilisation: float) -> float:
+def accelerator_hours(
+    flops: float, peak_flops_per_s: float, utilisation: float
+) -> float:
     """Accelerator-hours to execute ``flops`` at ``utilisation × peak_flops_per_s``.
 
     ``utilisation`` is the achieved fraction of peak (model FLOPs utilisation, MFU), in (0, 1].
@@ -460,7 +474,10 @@ def training_memory_bytes(
         _positive("grad_bytes", grad_bytes),
         _positive("optimizer_bytes", optimizer_bytes),
     ]
-    replicated, sharded = parts[: 3 - stage], parts[3 - stage :]  # stage s shards the last s
+    replicated, sharded = (
+        parts[: 3 - stage],
+        parts[3 - stage :],
+    )  # stage s shards the last s
     return n_params * (sum(replicated) + sum(sharded) / n_devices)
 
 
@@ -479,7 +496,11 @@ def format_count(x: float) -> str:
 
 def format_duration(seconds: float) -> str:
     """A duration in the largest sensible unit: seconds, minutes, hours, days or years."""
-    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or seconds < 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, numbers.Real)
+        or seconds < 0
+    ):
         raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
     for limit, unit, size in (
         (120, "s", 1.0),
@@ -529,10 +550,16 @@ def cost_calculator(
             layout=layout,
         ),
         "utilisation": widgets.FloatText(
-            value=utilisation, description="utilisation (MFU, 0–1]", style=style, layout=layout
+            value=utilisation,
+            description="utilisation (MFU, 0–1]",
+            style=style,
+            layout=layout,
         ),
         "n_accelerators": widgets.IntText(
-            value=n_accelerators, description="number of accelerators", style=style, layout=layout
+            value=n_accelerators,
+            description="number of accelerators",
+            style=style,
+            layout=layout,
         ),
     }
     result = widgets.HTML()
@@ -542,9 +569,7 @@ def cost_calculator(
         try:
             cost = estimate_training_cost(**values)
         except (TypeError, ValueError) as err:
-            result.value = (
-                f"<div style='color:#b00020'><b>Invalid input:</b> {html.escape(str(err))}</div>"
-            )
+            result.value = f"<div style='color:#b00020'><b>Invalid input:</b> {html.escape(str(err))}</div>"
             return
         lines = "<br>".join(html.escape(line) for line in cost.summary().splitlines())
         result.value = f"<div style='font-family:monospace'>{lines}</div>"

@@ -43,7 +43,10 @@ def wikitext_like(n_paragraphs: int, seed: int) -> list[str]:
     for i in range(n_paragraphs):
         if i % 8 == 0:
             lines += [f" = {rng.choice(_TOPICS)} = ", ""]
-        lines += [" " + " ".join(_sentence(rng) for _ in range(rng.randint(2, 6))) + " ", ""]
+        lines += [
+            " " + " ".join(_sentence(rng) for _ in range(rng.randint(2, 6))) + " ",
+            "",
+        ]
     return lines
 
 
@@ -53,7 +56,16 @@ _POSITIVE = ["wonderful", "moving", "brilliant", "funny", "beautiful", "great", 
 _NEGATIVE = ["boring", "awful", "dull", "predictable", "terrible", "weak", "clumsy",
              "pointless", "bad", "tedious"]
 # fmt: on
-_NOUNS = ["plot", "acting", "script", "ending", "soundtrack", "direction", "cast", "dialogue"]
+_NOUNS = [
+    "plot",
+    "acting",
+    "script",
+    "ending",
+    "soundtrack",
+    "direction",
+    "cast",
+    "dialogue",
+]
 
 
 def movie_reviews(n: int, seed: int) -> list[tuple[int, str]]:
@@ -81,7 +93,9 @@ def play_like(n_chars: int, seed: int) -> str:
     rng = random.Random(seed)
     chunks, size = [], 0
     while size < n_chars:
-        speech = " ".join(_sentence(rng).rstrip(" .") + "," for _ in range(rng.randint(1, 3)))
+        speech = " ".join(
+            _sentence(rng).rstrip(" .") + "," for _ in range(rng.randint(1, 3))
+        )
         turn = f"{rng.choice(_SPEAKERS).title()}:\n{speech[:-1]}.\n\n"
         chunks.append(turn)
         size += len(turn)

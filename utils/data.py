@@ -36,7 +36,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import corpus
-from .network import OFFLINE_ENV as OFFLINE_ENV  # re-exported: the variable the loaders honour
+from .network import (
+    OFFLINE_ENV as OFFLINE_ENV,
+)  # re-exported: the variable the loaders honour
 from .network import network_available, offline_forced
 
 DATA_DIR_ENV = "LLMBOOK_DATA_DIR"
@@ -63,9 +65,7 @@ class DataFile:
 
 
 # Checksums of the files in ../shared/data (see its SHA256SUMS and README for provenance).
-_WIKITEXT_UPSTREAM = (
-    "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/"
-)
+_WIKITEXT_UPSTREAM = "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/"
 FILES: dict[str, DataFile] = {
     f.relpath: f
     for f in [
@@ -134,7 +134,9 @@ class Dataset:
 
     def __getitem__(self, split: str) -> Any:
         if split not in self.splits:
-            raise KeyError(f"{self.name} has no split {split!r}; splits: {list(self.splits)}")
+            raise KeyError(
+                f"{self.name} has no split {split!r}; splits: {list(self.splits)}"
+            )
         return self.splits[split]
 
     def describe(self) -> str:
@@ -195,7 +197,9 @@ def data_dir() -> Path | None:
 
 def cache_dir() -> Path:
     """Where downloads are kept: ``$LLMBOOK_CACHE_DIR`` or ``~/.cache/llmbook``."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "llmbook").expanduser()
+    return Path(
+        os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "llmbook"
+    ).expanduser()
 
 
 def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
@@ -205,7 +209,10 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
+        with (
+            urllib.request.urlopen(url, timeout=timeout) as resp,
+            os.fdopen(fd, "wb") as out,
+        ):
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
                 while block := resp.read(1 << 16):
@@ -379,7 +386,9 @@ def _imdb_from_upstream() -> Path | None:
     built = cache_dir() / "data" / "imdb" / "imdb_built.csv.gz"
     if built.exists():
         return built
-    if offline_forced() or not network_available(urlparse(IMDB_TARBALL_URL).hostname, 443):
+    if offline_forced() or not network_available(
+        urlparse(IMDB_TARBALL_URL).hostname, 443
+    ):
         return None
     tar_path = cache_dir() / "data" / "imdb" / "aclImdb_v1.tar.gz"
     if not tar_path.exists():
@@ -410,7 +419,10 @@ def load_imdb() -> Dataset:
     _fallback("IMDb")
     return Dataset(
         "imdb",
-        {"train": corpus.movie_reviews(2000, seed=1), "test": corpus.movie_reviews(500, seed=2)},
+        {
+            "train": corpus.movie_reviews(2000, seed=1),
+            "test": corpus.movie_reviews(500, seed=2),
+        },
         "generated",
         "utils.corpus.movie_reviews (toy grammar)",
     )
@@ -426,7 +438,10 @@ def load_tiny_shakespeare() -> Dataset:
     if found is not None:
         path, source = found
         return Dataset(
-            "tinyshakespeare", {"text": path.read_text(encoding="utf-8")}, source, str(path.parent)
+            "tinyshakespeare",
+            {"text": path.read_text(encoding="utf-8")},
+            source,
+            str(path.parent),
         )
     _fallback("Tiny Shakespeare")
     return Dataset(

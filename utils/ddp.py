@@ -132,7 +132,14 @@ class RunConfig:
     timeout_s: float = 120.0
 
 
-_POSITIVE_INTS = ("vocab_size", "global_batch", "seq_len", "d_model", "n_heads", "n_layers")
+_POSITIVE_INTS = (
+    "vocab_size",
+    "global_batch",
+    "seq_len",
+    "d_model",
+    "n_heads",
+    "n_layers",
+)
 _POSITIVE_INTS += ("steps", "threads")
 
 
@@ -140,18 +147,28 @@ def check_run(config: RunConfig, world_size: int) -> None:
     """Raise ``ValueError`` (with what to change) unless ``config`` can run on ``world_size``
     ranks: positive sizes, a known device and strategy, and a global batch that splits into
     equal per-rank batches (global batch = per-rank batch × world size)."""
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"the number of processes must be an int >= 1, got {world_size!r}")
+    if (
+        isinstance(world_size, bool)
+        or not isinstance(world_size, int)
+        or world_size < 1
+    ):
+        raise ValueError(
+            f"the number of processes must be an int >= 1, got {world_size!r}"
+        )
     for name in _POSITIVE_INTS:
         check_min_int(name, getattr(config, name))
     for name in ("timed_from", "allreduce_repeats"):
         check_min_int(name, getattr(config, name), 0)
     if config.d_model % config.n_heads:
-        raise ValueError(f"d_model={config.d_model} must be divisible by n_heads={config.n_heads}")
+        raise ValueError(
+            f"d_model={config.d_model} must be divisible by n_heads={config.n_heads}"
+        )
     if config.device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {config.device!r}")
     if config.strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {config.strategy!r}")
+        raise ValueError(
+            f"strategy must be one of {STRATEGIES}, got {config.strategy!r}"
+        )
     for name in ("lr", "bucket_cap_mb", "timeout_s"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name} must be > 0, got {getattr(config, name)!r}")
@@ -179,7 +196,9 @@ def make_tokens(lines: list[str], vocab_size: int, source: str) -> dict[str, Any
 
     tokenizer = text.get_tokenizer(None)
     vocab = text.build_vocab_from_iterator(
-        (tokenizer(line) for line in lines), specials=list(SPECIALS), max_tokens=vocab_size
+        (tokenizer(line) for line in lines),
+        specials=list(SPECIALS),
+        max_tokens=vocab_size,
     )
     vocab.set_default_index(vocab["<unk>"])
     ids = text.tokens_to_ids(lines, tokenizer, vocab, eos="<eos>")
@@ -225,7 +244,9 @@ def global_batch_at(
 def shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """Rank ``rank``'s rows of a ``(B, ...)`` batch: ``[rank * b, (rank + 1) * b)``, ``b = B/W``."""
     if batch.shape[0] % world_size:
-        raise ValueError(f"batch of {batch.shape[0]} rows does not split into {world_size} ranks")
+        raise ValueError(
+            f"batch of {batch.shape[0]} rows does not split into {world_size} ranks"
+        )
     per_rank = batch.shape[0] // world_size
     return batch[rank * per_rank : (rank + 1) * per_rank]
 
@@ -249,7 +270,9 @@ def build_model(config: RunConfig, vocab_size: int) -> TransformerLM:
 
 
 def _device(config: RunConfig, local_rank: int, local_world: int) -> torch.device:
-    wants_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    wants_cuda = config.device == "cuda" or (
+        config.device == "auto" and torch.cuda.is_available()
+    )
     if not wants_cuda:
         return torch.device("cpu")
     if torch.cuda.device_count() < local_world:
@@ -272,17 +295,25 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def _wrap(model: torch.nn.Module, config: RunConfig, device: torch.device) -> torch.nn.Module:
+def _wrap(
+    model: torch.nn.Module, config: RunConfig, device: torch.device
+) -> torch.nn.Module:
     if config.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=config.bucket_cap_mb)
+        return DistributedDataParallel(
+            model, device_ids=ids, bucket_cap_mb=config.bucket_cap_mb
+        )
     from torch.distributed.fsdp import fully_shard
 
-    for block in model.blocks:  # one FSDP unit per block: gathered just before it is used
+    for (
+        block
+    ) in model.blocks:  # one FSDP unit per block: gathered just before it is used
         fully_shard(block)
-    fully_shard(model)  # the rest (embeddings, tied head, final LayerNorm) is the root unit
+    fully_shard(
+        model
+    )  # the rest (embeddings, tied head, final LayerNorm) is the root unit
     return model
 
 
@@ -291,7 +322,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_allreduce(n_floats: int, repeats: int, device: torch.device) -> dict[str, float]:
+def _time_allreduce(
+    n_floats: int, repeats: int, device: torch.device
+) -> dict[str, float]:
     """Seconds per all-reduce of ``n_floats`` fp32 values, and the bus bandwidth it implies."""
     import torch.distributed as dist
 
@@ -335,10 +368,14 @@ def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
     n_params = count_parameters(model)  # the tied head counted once
     init_state = None
     if config.save_grads and rank == 0:
-        init_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        init_state = {
+            k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+        }
     wrapped = _wrap(model, config, device)
     # the book's AdamW groups: decay on matrices and embeddings, none on biases and gains
-    optimizer = torch.optim.AdamW(decay_groups(wrapped, config.weight_decay), lr=config.lr)
+    optimizer = torch.optim.AdamW(
+        decay_groups(wrapped, config.weight_decay), lr=config.lr
+    )
 
     losses, grads, batch0, ticks = [], None, None, []
     for step in range(config.steps):
@@ -354,14 +391,21 @@ def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
         loss = lm_loss(wrapped, (x, y))[0]  # mean over this rank's b x T targets
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP: bucketed all-reduce (average) overlaps the backward pass
-        if step == 0 and config.save_grads:  # what every rank holds after the all-reduce
-            grads = {n: _full(p.grad).detach().cpu().clone() for n, p in model.named_parameters()}
+        if (
+            step == 0 and config.save_grads
+        ):  # what every rank holds after the all-reduce
+            grads = {
+                n: _full(p.grad).detach().cpu().clone()
+                for n, p in model.named_parameters()
+            }
         optimizer.step()
         losses.append(loss.detach())
         if ticks:  # the end of a timed step
             _sync(device)
             ticks.append(time.perf_counter())
-    cpu_s = time.process_time() - cpu_start if ticks else None  # all threads of this rank
+    cpu_s = (
+        time.process_time() - cpu_start if ticks else None
+    )  # all threads of this rank
     dist.barrier()
     elapsed = ticks[-1] - ticks[0] if ticks else None
 
@@ -373,12 +417,15 @@ def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
 
     own = {
         "params": sum(_local_bytes(p) for p in model.parameters()),
-        "grads": sum(_local_bytes(p.grad) for p in model.parameters() if p.grad is not None),
+        "grads": sum(
+            _local_bytes(p.grad) for p in model.parameters() if p.grad is not None
+        ),
         "optimizer": sum(
             _local_bytes(v)
             for state in optimizer.state.values()
             for v in state.values()
-            if torch.is_tensor(v) and v.dim() > 0  # Adam's two moments (not the step count)
+            if torch.is_tensor(v)
+            and v.dim() > 0  # Adam's two moments (not the step count)
         ),
     }
     gathered = [None] * world
@@ -415,7 +462,9 @@ def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
         "elapsed_s": elapsed,
         "tokens_per_s": timed_steps * tokens_per_step / elapsed if elapsed else None,
         "step_s": step_s,  # rank 0's duration of each timed step
-        "cpu_s": [g["cpu_s"] for g in gathered],  # CPU time of each rank over the timed steps
+        "cpu_s": [
+            g["cpu_s"] for g in gathered
+        ],  # CPU time of each rank over the timed steps
         "memory": {key: [m[key] for m in memory] for key in own},
         "buckets": buckets,
         "allreduce": allreduce,
@@ -515,7 +564,9 @@ def command(nproc: int, config: RunConfig) -> list[str]:
     ]
 
 
-def launch(nproc: int, config: RunConfig, timeout_s: float | None = None) -> dict[str, Any]:
+def launch(
+    nproc: int, config: RunConfig, timeout_s: float | None = None
+) -> dict[str, Any]:
     """Run ``config`` on ``nproc`` local processes with torchrun; return rank 0's results.
 
     Bad arguments raise ``ValueError`` before anything starts. Each rank gets
@@ -525,12 +576,16 @@ def launch(nproc: int, config: RunConfig, timeout_s: float | None = None) -> dic
     """
     check_run(config, nproc)
     if config.tokens is not None and not Path(config.tokens).is_file():
-        raise ValueError(f"tokens file {config.tokens!r} does not exist (see save_tokens)")
+        raise ValueError(
+            f"tokens file {config.tokens!r} does not exist (see save_tokens)"
+        )
     timeout_s = config.timeout_s + 60 if timeout_s is None else timeout_s
     out = Path(config.out)
     out.unlink(missing_ok=True)  # never read a previous run's results
     env = dict(os.environ, OMP_NUM_THREADS=str(config.threads))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])
+    )
     proc = subprocess.Popen(
         command(nproc, config),
         stdout=subprocess.PIPE,

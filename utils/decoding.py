@@ -82,12 +82,16 @@ def check_sampling(
     ``top_k``: ``None`` (off) or an int >= 1; ``top_p``: ``None`` (off) or a number in (0, 1];
     ``repetition_penalty``: a finite number > 0 (1 = off).
     """
-    if not _is_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
+    if not _is_number(temperature) or not (
+        math.isfinite(temperature) and temperature > 0
+    ):
         raise ValueError(
             f"temperature must be a finite number > 0, got {temperature!r}; temperature 0 "
             "means 'always the most likely token': use greedy decoding (greedy=True) for that"
         )
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
+    ):
         raise ValueError(
             f"top_k must be None (no top-k) or an int >= 1, got {top_k!r}; "
             "top_k=1 is greedy decoding"
@@ -114,7 +118,11 @@ def _check_max_new_tokens(max_new_tokens: Any) -> None:
 
 
 def _check_logits(logits: Any) -> None:
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() != 2:
+    if (
+        not isinstance(logits, torch.Tensor)
+        or not logits.is_floating_point()
+        or logits.dim() != 2
+    ):
         raise TypeError("logits must be a floating-point tensor of shape (B, V)")
 
 
@@ -148,7 +156,9 @@ def apply_repetition_penalty(
     _check_ids(previous, "previous")
     check_sampling(repetition_penalty=penalty)
     if previous.shape[0] != logits.shape[0]:
-        raise ValueError(f"previous has {previous.shape[0]} rows but logits has {logits.shape[0]}")
+        raise ValueError(
+            f"previous has {previous.shape[0]} rows but logits has {logits.shape[0]}"
+        )
     if penalty == 1.0 or previous.shape[1] == 0:
         return logits.clone()
     seen = torch.zeros_like(logits, dtype=torch.bool)
@@ -176,7 +186,9 @@ def process_logits(
     logits = logits.float()
     if repetition_penalty != 1.0:
         if previous is None:
-            raise ValueError("the repetition penalty needs the previous ids (previous=...)")
+            raise ValueError(
+                "the repetition penalty needs the previous ids (previous=...)"
+            )
         logits = apply_repetition_penalty(logits, previous, repetition_penalty)
     if temperature != 1.0:
         logits = logits / temperature
@@ -248,14 +260,22 @@ def truncate_prompt(ids: torch.Tensor, max_tokens: int) -> tuple[torch.Tensor, i
     cut from the left. ``dropped`` is the number of tokens removed from each row.
     """
     _check_ids(ids, "ids")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or max_tokens < 1
+    ):
         raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
     dropped = max(0, ids.shape[1] - max_tokens)
     return ids[:, dropped:], dropped
 
 
 def _check_messages(messages: Any) -> list[dict]:
-    if isinstance(messages, (str, dict)) or not isinstance(messages, Sequence) or not messages:
+    if (
+        isinstance(messages, (str, dict))
+        or not isinstance(messages, Sequence)
+        or not messages
+    ):
         raise TypeError(
             "messages must be a non-empty list of {'role': ..., 'content': ...} dicts, "
             f"got {messages!r}"
@@ -263,7 +283,9 @@ def _check_messages(messages: Any) -> list[dict]:
     checked = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise TypeError(f"messages[{i}] must be a dict with keys 'role' and 'content'")
+            raise TypeError(
+                f"messages[{i}] must be a dict with keys 'role' and 'content'"
+            )
         if message["role"] not in CHAT_ROLES:
             raise ValueError(f"messages[{i}]['role'] must be one of {CHAT_ROLES}")
         content = message["content"]
@@ -274,7 +296,9 @@ def _check_messages(messages: Any) -> list[dict]:
             )
         checked.append(dict(message))
     if checked[-1]["role"] != "user":
-        raise ValueError("the last message must come from the user: the model answers it")
+        raise ValueError(
+            "the last message must come from the user: the model answers it"
+        )
     return checked
 
 
@@ -298,10 +322,14 @@ def chat_prompt_ids(
         or not isinstance(max_prompt_tokens, int)
         or max_prompt_tokens < 1
     ):
-        raise ValueError(f"max_prompt_tokens must be None or an int >= 1, got {max_prompt_tokens}")
+        raise ValueError(
+            f"max_prompt_tokens must be None or an int >= 1, got {max_prompt_tokens}"
+        )
 
     def encode(msgs: list[dict]) -> torch.Tensor:
-        text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            msgs, add_generation_prompt=True, tokenize=False
+        )
         return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
 
     ids = encode(messages)
@@ -309,11 +337,16 @@ def chat_prompt_ids(
         return ids, None
     original = ids.shape[1]
     lengths = [
-        len(tokenizer(m["content"], add_special_tokens=False)["input_ids"]) for m in messages
+        len(tokenizer(m["content"], add_special_tokens=False)["input_ids"])
+        for m in messages
     ]
     longest = max(range(len(messages)), key=lengths.__getitem__)
-    content_ids = tokenizer(messages[longest]["content"], add_special_tokens=False)["input_ids"]
-    for _ in range(8):  # decoding and re-encoding can shift a few tokens: try again if needed
+    content_ids = tokenizer(messages[longest]["content"], add_special_tokens=False)[
+        "input_ids"
+    ]
+    for _ in range(
+        8
+    ):  # decoding and re-encoding can shift a few tokens: try again if needed
         excess = ids.shape[1] - max_prompt_tokens
         keep = len(content_ids) - excess - 5  # 5: room for " [...] "
         if keep < 2:
@@ -321,9 +354,14 @@ def chat_prompt_ids(
                 f"the prompt has {original} tokens; max_prompt_tokens={max_prompt_tokens} "
                 "leaves no room for the longest message even after cutting it: raise the limit"
             )
-        head, tail = content_ids[: (keep + 1) // 2], content_ids[len(content_ids) - keep // 2 :]
+        head, tail = (
+            content_ids[: (keep + 1) // 2],
+            content_ids[len(content_ids) - keep // 2 :],
+        )
         content_ids = head + tail
-        messages[longest]["content"] = f"{tokenizer.decode(head)} [...] {tokenizer.decode(tail)}"
+        messages[longest]["content"] = (
+            f"{tokenizer.decode(head)} [...] {tokenizer.decode(tail)}"
+        )
         ids = encode(messages)
         if ids.shape[1] <= max_prompt_tokens:
             note = (
@@ -333,7 +371,9 @@ def chat_prompt_ids(
                 f"{lengths[longest]:,} tokens."
             )
             return ids, note
-    raise RuntimeError("could not shorten the prompt to max_prompt_tokens")  # pragma: no cover
+    raise RuntimeError(
+        "could not shorten the prompt to max_prompt_tokens"
+    )  # pragma: no cover
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,8 +502,12 @@ def generate(
                 logits = logits_of(model(ids[:, -context:]))[:, -1, :].float()
             chosen = next_tokens(logits, ids, **settings)  # (B, 1)
             if stop:
-                chosen = torch.where(finished[:, None], chosen.new_full((1, 1), stop[0]), chosen)
-                finished |= torch.isin(chosen[:, 0], torch.tensor(stop, device=ids.device))
+                chosen = torch.where(
+                    finished[:, None], chosen.new_full((1, 1), stop[0]), chosen
+                )
+                finished |= torch.isin(
+                    chosen[:, 0], torch.tensor(stop, device=ids.device)
+                )
             ids = torch.cat([ids, chosen], dim=1)
             if stop and bool(finished.all()):
                 break

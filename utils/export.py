@@ -43,7 +43,12 @@ META_FILE = "export.json"
 def export_dir(notebook: str, profile: str, root: str | Path = "checkpoints") -> Path:
     """``<root>/exports/<notebook>_<profile>``: where ``notebook`` exports its classifier."""
     for name, value in (("notebook", notebook), ("profile", profile)):
-        if not isinstance(value, str) or not value or "/" in value or value.startswith("."):
+        if (
+            not isinstance(value, str)
+            or not value
+            or "/" in value
+            or value.startswith(".")
+        ):
             raise ValueError(f"{name} must be a plain name, got {value!r}")
     return Path(root) / "exports" / f"{notebook}_{profile}"
 
@@ -70,7 +75,9 @@ def _write_atomically(folder: Path, write) -> Path:
 
 
 def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    (folder / META_FILE).write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
+    (folder / META_FILE).write_text(
+        json.dumps({"format": FORMAT, **meta}, indent=2) + "\n"
+    )
 
 
 def export_word_classifier(
@@ -99,7 +106,9 @@ def export_word_classifier(
     if unk_token not in itos:
         raise ValueError(f"the vocabulary has no {unk_token!r} token")
     if head_tokens < 0 or tail_tokens < 0 or head_tokens + tail_tokens < 1:
-        raise ValueError(f"bad cut: head_tokens={head_tokens}, tail_tokens={tail_tokens}")
+        raise ValueError(
+            f"bad cut: head_tokens={head_tokens}, tail_tokens={tail_tokens}"
+        )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     def write(tmp: Path) -> None:
@@ -178,14 +187,18 @@ class ExportedClassifier:
         out = []
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            logits = self._logits([clean_review(t) for t in chunk] if self.clean_html else chunk)
+            logits = self._logits(
+                [clean_review(t) for t in chunk] if self.clean_html else chunk
+            )
             out.append(torch.softmax(logits.float(), dim=-1).cpu())
         if not out:
             return torch.empty(0, 2)
         return torch.cat(out)
 
 
-def load_classifier(folder: str | Path, device: str | torch.device = "cpu") -> ExportedClassifier:
+def load_classifier(
+    folder: str | Path, device: str | torch.device = "cpu"
+) -> ExportedClassifier:
     """Read an export written by :func:`export_word_classifier` or :func:`export_hf_classifier`.
 
     Raises ``FileNotFoundError`` when ``folder`` holds no export (run the notebook that writes
@@ -210,13 +223,17 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu") -> E
     return _load_hf(folder, meta, device)
 
 
-def _load_word(folder: Path, meta: dict[str, Any], device: torch.device) -> ExportedClassifier:
+def _load_word(
+    folder: Path, meta: dict[str, Any], device: torch.device
+) -> ExportedClassifier:
     from utils import text
     from utils.models import TransformerClassifier
 
     itos = meta["itos"]
     model = TransformerClassifier(len(itos), **meta["model_kwargs"])
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(
+        torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    )
     model.to(device).eval()
     vocab = text.Vocab(itos, default_index=itos.index(meta["unk_token"]))
     unk = vocab.get_default_index()
@@ -230,18 +247,24 @@ def _load_word(folder: Path, meta: dict[str, Any], device: torch.device) -> Expo
     return ExportedClassifier("word", model, meta["info"], meta["clean_html"], logits)
 
 
-def _load_hf(folder: Path, meta: dict[str, Any], device: torch.device) -> ExportedClassifier:
+def _load_hf(
+    folder: Path, meta: dict[str, Any], device: torch.device
+) -> ExportedClassifier:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from utils.batches import move_to_device
     from utils.finetune import encode_head_tail, pad_batch
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, local_files_only=True
+    )
     model.to(device).eval()
 
     def logits(texts: list[str]) -> torch.Tensor:
-        ids = encode_head_tail(tokenizer, texts, meta["max_length"], meta["head_tokens"])[0]
+        ids = encode_head_tail(
+            tokenizer, texts, meta["max_length"], meta["head_tokens"]
+        )[0]
         return model(**move_to_device(pad_batch(tokenizer, ids), device)).logits
 
     return ExportedClassifier("hf", model, meta["info"], meta["clean_html"], logits)

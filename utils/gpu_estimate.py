@@ -55,7 +55,12 @@ from dataclasses import dataclass, field
 GiB = 2**30
 
 PRECISIONS = ("amp", "fp32")
-OPTIMIZERS = {"adamw": 8, "adam": 8, "sgd": 0, "sgd-momentum": 4}  # state bytes per parameter
+OPTIMIZERS = {
+    "adamw": 8,
+    "adam": 8,
+    "sgd": 0,
+    "sgd-momentum": 4,
+}  # state bytes per parameter
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
@@ -200,7 +205,9 @@ class Transformer:
         for name in ("vocab", "d_model", "n_layers", "n_heads", "context", "batch"):
             _positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
+            raise ValueError(
+                f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}"
+            )
         if self.d_ff is not None:
             _positive_int("d_ff", self.d_ff)
         if self.output_rows is not None:
@@ -228,28 +235,45 @@ class Transformer:
     @property
     def n_params(self) -> int:
         d, f = self.d_model, self.hidden
-        block = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d  # attention, MLP, 2 LayerNorms
+        block = (
+            4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d
+        )  # attention, MLP, 2 LayerNorms
         output = 0 if self.tied else self.rows * (d + 1)
-        return (self.vocab + self.positions) * d + self.n_layers * block + 2 * d + output
+        return (
+            (self.vocab + self.positions) * d + self.n_layers * block + 2 * d + output
+        )
 
     def forward_flops_per_token(self) -> float:
-        return 2.0 * self.matmul_params + 4.0 * self.n_layers * self.context * self.d_model
+        return (
+            2.0 * self.matmul_params + 4.0 * self.n_layers * self.context * self.d_model
+        )
 
     def activation_bytes(self, precision: str) -> float:
         """Bytes kept for the backward pass (the output layer's logits not included)."""
         d, f, H, L = self.d_model, self.hidden, self.n_heads, self.context
-        per_token = 4 * (9 * d + 2 * f) if _precision(precision) == "fp32" else 26 * d + 4 * f
+        per_token = (
+            4 * (9 * d + 2 * f) if _precision(precision) == "fp32" else 26 * d + 4 * f
+        )
         if self.dropout:
             per_token += 2 * d
-        if self.explicit_attention:  # softmax output, its masked copy (+ dropout mask, output)
-            per_token += H * L * (4 if precision == "fp32" else 2) * (3.25 if self.dropout else 2)
+        if (
+            self.explicit_attention
+        ):  # softmax output, its masked copy (+ dropout mask, output)
+            per_token += (
+                H
+                * L
+                * (4 if precision == "fp32" else 2)
+                * (3.25 if self.dropout else 2)
+            )
         return float(self.tokens * self.n_layers * per_token)
 
     def transient_bytes(self, precision: str, training: bool) -> float:
         """Memory of one layer's temporaries at its peak (and of the logits, when scored)."""
         size = 4 if precision == "fp32" else 2
         d, H, L = self.d_model, self.n_heads, self.context
-        per_token = size * (self.hidden + 3 * d)  # one layer's widest intermediate results
+        per_token = size * (
+            self.hidden + 3 * d
+        )  # one layer's widest intermediate results
         if self.explicit_attention:
             per_token += (2 if training else 3) * H * L * size
         logits = (12 if precision == "fp32" else 14) if training else 10
@@ -308,10 +332,14 @@ class LSTM:
 Model = Transformer | LSTM
 
 
-def training_peak_bytes(model: Model, precision: str = "amp", optimizer: str = "adamw") -> float:
+def training_peak_bytes(
+    model: Model, precision: str = "amp", optimizer: str = "adamw"
+) -> float:
     """Peak bytes of a training step of ``model`` (see the module docstring)."""
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
+        raise ValueError(
+            f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}"
+        )
     P = model.n_params
     state = (8 + OPTIMIZERS[optimizer]) * P  # weights, gradients, optimizer state
     casts = 2 * model.matmul_params if _precision(precision) == "amp" else 0
@@ -369,7 +397,10 @@ class Phase:
         elif self.kind != "fixed":
             model = _resolve(self.model, gpu)
             peak_model = _resolve(self.peak_model or self.model, gpu)
-            rate, floor = gpu.flops_per_s(self.precision), gpu.step_floor(model.n_layers)
+            rate, floor = (
+                gpu.flops_per_s(self.precision),
+                gpu.step_floor(model.n_layers),
+            )
             per_batch = model.forward_flops_per_token() * model.tokens / rate
             if self.kind == "train":
                 peak = training_peak_bytes(peak_model, self.precision, self.optimizer)
@@ -377,8 +408,14 @@ class Phase:
                 seconds += self.eval_batches * max(per_batch, floor / 3)
             else:  # a decoded token is a whole forward pass, as launch-bound as a step
                 peak = inference_peak_bytes(peak_model, self.precision)
-                seconds = self.steps * max(per_batch, floor if self.kind == "decode" else floor / 3)
-        return {"name": self.name, "peak_bytes": peak + self.extra_bytes, "seconds": seconds}
+                seconds = self.steps * max(
+                    per_batch, floor if self.kind == "decode" else floor / 3
+                )
+        return {
+            "name": self.name,
+            "peak_bytes": peak + self.extra_bytes,
+            "seconds": seconds,
+        }
 
 
 @dataclass
@@ -416,7 +453,9 @@ class Plan:
             _positive_int("steps", steps)
         _precision(precision)
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
+            raise ValueError(
+                f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}"
+            )
         self.phases.append(
             Phase(
                 name,
@@ -444,7 +483,9 @@ class Plan:
         peak_model: ModelOrRule | None = None,
     ) -> Plan:
         """``batches`` forward passes without gradients (evaluation, embeddings, scoring)."""
-        return self._inference("forward", name, model, batches, precision, extra_bytes, peak_model)
+        return self._inference(
+            "forward", name, model, batches, precision, extra_bytes, peak_model
+        )
 
     def decode(
         self,
@@ -458,9 +499,13 @@ class Plan:
     ) -> Plan:
         """``tokens`` decoding steps, each a forward pass of ``model`` (``batch`` sequences of
         ``context`` positions: 1 with a KV cache, the window without)."""
-        return self._inference("decode", name, model, tokens, precision, extra_bytes, peak_model)
+        return self._inference(
+            "decode", name, model, tokens, precision, extra_bytes, peak_model
+        )
 
-    def _inference(self, kind, name, model, steps, precision, extra_bytes, peak_model) -> Plan:
+    def _inference(
+        self, kind, name, model, steps, precision, extra_bytes, peak_model
+    ) -> Plan:
         _positive_int("batches" if kind == "forward" else "tokens", steps)
         self.phases.append(
             Phase(
@@ -475,7 +520,9 @@ class Plan:
         )
         return self
 
-    def compute(self, name: str, flops: float, peak_bytes: float, precision: str = "fp32"):
+    def compute(
+        self, name: str, flops: float, peak_bytes: float, precision: str = "fp32"
+    ):
         """Raw tensor work on the GPU: ``flops`` at the device's rate, ``peak_bytes`` at most."""
         self.phases.append(
             Phase(
@@ -502,7 +549,9 @@ class Plan:
 
     def host(self, name: str, seconds: float) -> Plan:
         """Work on the CPU: ``seconds`` on the book's 2-core machine."""
-        self.phases.append(Phase(name, "host", seconds=_non_negative("seconds", seconds)))
+        self.phases.append(
+            Phase(name, "host", seconds=_non_negative("seconds", seconds))
+        )
         return self
 
     def host_flops(self, name: str, flops: float) -> Plan:
@@ -545,7 +594,8 @@ class Plan:
             )
             lines.append(f"{phase.name:<{width}}{cells}")
         total = "".join(
-            f"{e['peak_bytes'] / GiB:>10.2f} {e['seconds'] / 60:>6.1f}m" for e in estimates
+            f"{e['peak_bytes'] / GiB:>10.2f} {e['seconds'] / 60:>6.1f}m"
+            for e in estimates
         )
         lines.append(f"{'peak / total':<{width}}{total}")
         for gpu, e in zip(gpus, estimates, strict=True):

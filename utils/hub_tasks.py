@@ -41,7 +41,10 @@ TASKS = ("extractive-qa", "seq2seq")
 def _auto_class(task: str):
     from transformers import AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM
 
-    return {"extractive-qa": AutoModelForQuestionAnswering, "seq2seq": AutoModelForSeq2SeqLM}[task]
+    return {
+        "extractive-qa": AutoModelForQuestionAnswering,
+        "seq2seq": AutoModelForSeq2SeqLM,
+    }[task]
 
 
 def load_task_model(name: str, task: str) -> tuple[Any, Any]:
@@ -85,13 +88,24 @@ def best_span(
     if not bool(allowed.any()):
         raise ValueError("no allowed position: the passage has no token (is it empty?)")
     if isinstance(max_answer_tokens, bool) or not isinstance(max_answer_tokens, int):
-        raise ValueError(f"max_answer_tokens must be an int >= 1, got {max_answer_tokens!r}")
+        raise ValueError(
+            f"max_answer_tokens must be an int >= 1, got {max_answer_tokens!r}"
+        )
     if max_answer_tokens < 1:
-        raise ValueError(f"max_answer_tokens must be an int >= 1, got {max_answer_tokens!r}")
+        raise ValueError(
+            f"max_answer_tokens must be an int >= 1, got {max_answer_tokens!r}"
+        )
     length = start_logits.shape[0]
-    scores = start_logits.float()[:, None] + end_logits.float()[None, :]  # (L, L): [s, e]
+    scores = (
+        start_logits.float()[:, None] + end_logits.float()[None, :]
+    )  # (L, L): [s, e]
     offset = torch.arange(length)[None, :] - torch.arange(length)[:, None]  # e - s
-    valid = (offset >= 0) & (offset < max_answer_tokens) & allowed[:, None] & allowed[None, :]
+    valid = (
+        (offset >= 0)
+        & (offset < max_answer_tokens)
+        & allowed[:, None]
+        & allowed[None, :]
+    )
     scores = scores.masked_fill(~valid, float("-inf"))
     flat = int(scores.argmax())
     start, end = divmod(flat, length)
@@ -115,7 +129,9 @@ def extractive_answer(
     """
     for label, value in (("question", question), ("context", context)):
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{label} is empty: extractive QA needs a question and a passage")
+            raise ValueError(
+                f"{label} is empty: extractive QA needs a question and a passage"
+            )
     enc = tokenizer(
         question,
         context,
@@ -128,7 +144,9 @@ def extractive_answer(
     offsets = enc["offset_mapping"][0]
     sequence_ids = enc.sequence_ids(0)  # None (special), 0 (question), 1 (passage)
     device = next(model.parameters()).device
-    names = [k for k in tokenizer.model_input_names if k in enc]  # DistilBERT: no token types
+    names = [
+        k for k in tokenizer.model_input_names if k in enc
+    ]  # DistilBERT: no token types
     out = model(**{k: torch.tensor(enc[k][:1], device=device) for k in names})
     allowed = torch.tensor([s == 1 for s in sequence_ids])
     start, end, score = best_span(
@@ -140,7 +158,11 @@ def extractive_answer(
 
 @torch.no_grad()
 def seq2seq_generate(
-    model: Any, tokenizer: Any, text: str, max_new_tokens: int = 60, max_length: int = 512
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    max_new_tokens: int = 60,
+    max_length: int = 512,
 ) -> tuple[str, bool]:
     """Greedy output of an encoder-decoder for ``text``: ``-> (output, truncated)``.
 
@@ -149,7 +171,9 @@ def seq2seq_generate(
     their end, and ``truncated`` says so.
     """
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("text is empty: give the model something to summarise or translate")
+        raise ValueError(
+            "text is empty: give the model something to summarise or translate"
+        )
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if max_new_tokens < 1:
@@ -159,5 +183,7 @@ def seq2seq_generate(
     enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
     device = next(model.parameters()).device
     inputs = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    out = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+    )
     return tokenizer.decode(out[0], skip_special_tokens=True).strip(), truncated

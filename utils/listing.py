@@ -33,7 +33,9 @@ def source_lines(obj: Any, start: str | None = None, stop: str | None = None) ->
     if stop is not None:
         hits = [i for i, line in enumerate(lines) if stop in line and i > first]
         if not hits:
-            raise ValueError(f"{stop!r} is not in the source of {obj!r} after {start!r}")
+            raise ValueError(
+                f"{stop!r} is not in the source of {obj!r} after {start!r}"
+            )
         last = hits[0]
     return textwrap.dedent("\n".join(lines[first:last])).rstrip()
 

@@ -34,7 +34,10 @@ from utils.attention import SinusoidalPositionalEncoding
 from utils.checks import check_min_int
 from utils.losses import evaluate, lm_loss
 from utils.models import LSTMLM, TransformerLM, reading_is_free
-from utils.optim import decay_groups, warmup_cosine  # decay_groups: kept importable here
+from utils.optim import (
+    decay_groups,
+    warmup_cosine,
+)  # decay_groups: kept importable here
 from utils.train import TrainConfig, Trainer
 
 from .progress import tqdm
@@ -71,7 +74,9 @@ def word_streams(dataset) -> tuple[text.Vocab, dict[str, torch.Tensor]]:
 batchify = text.batchify
 
 
-def eval_chunks(columns: torch.Tensor, context: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def eval_chunks(
+    columns: torch.Tensor, context: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Non-overlapping ``(x, y)`` chunks of ``context`` tokens down ``columns [B, L]``.
 
     The windows of :func:`utils.text.iter_bptt`, as a list: every token of every column except
@@ -111,18 +116,29 @@ class RandomWindows:
     the same batch. Returns ``(x, y)``, each ``(batch_size, context)``, ``y`` = ``x`` shifted by 1.
     """
 
-    def __init__(self, stream: torch.Tensor, batch_size: int, context: int, seed: int = 0):
+    def __init__(
+        self, stream: torch.Tensor, batch_size: int, context: int, seed: int = 0
+    ):
         check_min_int("batch_size", batch_size)
         check_min_int("context", context)
         if stream.numel() < context + 2:
-            raise ValueError(f"a stream of {stream.numel()} tokens is too short for {context}")
-        self.stream, self.batch_size, self.context, self.seed = stream, batch_size, context, seed
+            raise ValueError(
+                f"a stream of {stream.numel()} tokens is too short for {context}"
+            )
+        self.stream, self.batch_size, self.context, self.seed = (
+            stream,
+            batch_size,
+            context,
+            seed,
+        )
 
     def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         high = self.stream.numel() - self.context - 1
         starts = torch.randint(0, high + 1, (self.batch_size,), generator=generator)
-        windows = torch.stack([self.stream[s : s + self.context + 1] for s in starts.tolist()])
+        windows = torch.stack(
+            [self.stream[s : s + self.context + 1] for s in starts.tolist()]
+        )
         return windows[:, :-1], windows[:, 1:]
 
     def tokens_in(self, steps: int) -> int:
@@ -201,15 +217,23 @@ class TiedAdaptiveSoftmax(nn.Module):
         if not cutoffs or cutoffs != sorted(set(cutoffs)) or not 0 < cutoffs[0]:
             raise ValueError(f"cutoffs must be increasing positive ids, got {cutoffs}")
         if cutoffs[-1] >= vocab_size:
-            raise ValueError(f"cutoffs {cutoffs} must lie below vocab_size={vocab_size}")
-        self.bounds = [0, *cutoffs, vocab_size]  # cluster k holds ids bounds[k]..bounds[k+1]-1
+            raise ValueError(
+                f"cutoffs {cutoffs} must lie below vocab_size={vocab_size}"
+            )
+        self.bounds = [
+            0,
+            *cutoffs,
+            vocab_size,
+        ]  # cluster k holds ids bounds[k]..bounds[k+1]-1
         self.cluster_scores = nn.Linear(d_model, len(cutoffs), bias=False)
         nn.init.normal_(self.cluster_scores.weight, std=0.02)
 
     def head_log_probs(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``h (N, d)`` -> ``(N, c_1 + K)``: log-probs of the head words, then of each cluster."""
         head = h @ weight[: self.bounds[1]].T
-        return torch.log_softmax(torch.cat([head, self.cluster_scores(h)], dim=-1).float(), -1)
+        return torch.log_softmax(
+            torch.cat([head, self.cluster_scores(h)], dim=-1).float(), -1
+        )
 
     def target_log_probs(
         self, h: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor
@@ -248,8 +272,12 @@ class TiedAdaptiveSoftmax(nn.Module):
         outside the cluster gets the value of the cluster's nearest word (``torch.where``
         discards it)."""
         lo, hi = self.bounds[k], self.bounds[k + 1]
-        within = torch.log_softmax((h @ weight[lo:hi].T).float(), dim=-1)  # (n, hi - lo)
-        word = within.gather(1, (targets - lo).clamp(0, hi - lo - 1).unsqueeze(1)).squeeze(1)
+        within = torch.log_softmax(
+            (h @ weight[lo:hi].T).float(), dim=-1
+        )  # (n, hi - lo)
+        word = within.gather(
+            1, (targets - lo).clamp(0, hi - lo - 1).unsqueeze(1)
+        ).squeeze(1)
         return head[:, self.bounds[1] + k - 1] + word
 
     def log_probs(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -279,9 +307,13 @@ class _AdaptiveLM(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         h = self.features(idx)
         B, L, d = h.shape
-        return self.softmax.log_probs(h.reshape(B * L, d), self.embedding_weight).view(B, L, -1)
+        return self.softmax.log_probs(h.reshape(B * L, d), self.embedding_weight).view(
+            B, L, -1
+        )
 
-    def target_log_probs(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def target_log_probs(
+        self, idx: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
         """``idx, targets (B, L)`` -> ``(B * L,)`` log-probs of the targets."""
         h = self.features(idx)
         return self.softmax.target_log_probs(
@@ -314,7 +346,9 @@ class AdaptiveTransformerLM(_AdaptiveLM):
         return self.trunk.token_embedding.weight
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
-        trunk = self.trunk  # TransformerLM.forward up to (not including) its output layer
+        trunk = (
+            self.trunk
+        )  # TransformerLM.forward up to (not including) its output layer
         x = trunk.drop(trunk.position_embedding(trunk.token_embedding(idx)))
         for block in trunk.blocks:
             x, _ = block(x, is_causal=True)
@@ -326,10 +360,17 @@ class AdaptiveLSTMLM(_AdaptiveLM):
     the same tied adaptive softmax as :class:`AdaptiveTransformerLM`."""
 
     def __init__(
-        self, vocab_size: int, cutoffs: Sequence[int], d_model: int, n_layers: int, dropout=0.1
+        self,
+        vocab_size: int,
+        cutoffs: Sequence[int],
+        d_model: int,
+        n_layers: int,
+        dropout=0.1,
     ) -> None:
         super().__init__()
-        self.trunk = LSTMLM(vocab_size, d_model, d_model, n_layers, dropout, tie_weights=True)
+        self.trunk = LSTMLM(
+            vocab_size, d_model, d_model, n_layers, dropout, tie_weights=True
+        )
         self.softmax = TiedAdaptiveSoftmax(d_model, vocab_size, cutoffs)
 
     @property
@@ -389,7 +430,12 @@ def sample(
     ids) and its sampling rules; the whole prompt is kept in the result, on its device.
     """
     out = decoding.generate(
-        model, prompt, n_new, temperature=temperature, context=context, generator=generator
+        model,
+        prompt,
+        n_new,
+        temperature=temperature,
+        context=context,
+        generator=generator,
     )
     return torch.cat([prompt, out.new_ids.to(prompt.device)], dim=1)
 
@@ -436,7 +482,9 @@ def train_for_budget(
         raise ValueError(f"budget_s must be > 0, got {budget_s}")
     if not turn_s > 0:
         raise ValueError(f"turn_s must be > 0, got {turn_s}")
-    with tqdm(total=round(budget_s), desc="seconds of training", disable=not progress) as bar:
+    with tqdm(
+        total=round(budget_s), desc="seconds of training", disable=not progress
+    ) as bar:
         while not all(run.done(budget_s) for run in runs.values()):
             for run in runs.values():
                 if run.done(budget_s):
@@ -450,7 +498,9 @@ def train_for_budget(
             bar.refresh()
 
 
-def seconds_per_step(trainer, batch_at: Callable, steps: int = 8, warmup: int = 2) -> float:
+def seconds_per_step(
+    trainer, batch_at: Callable, steps: int = 8, warmup: int = 2
+) -> float:
     """Median seconds per optimizer step of a *copy* of ``trainer``'s model and optimizer.
 
     Used to plan a schedule's length for a time budget without touching the real run.
@@ -489,7 +539,9 @@ def seed_recipe(
     model = SeedTutorialLM(vocab_size, dropout=dropout)
     batches = ContiguousChunks(batchify(train, 20), bptt=35)
     optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
-    per_epoch = torch.optim.lr_scheduler.StepLR(optimizer, step_size=len(batches), gamma=0.95)
+    per_epoch = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=len(batches), gamma=0.95
+    )
     config = TrainConfig(
         max_steps=1,
         clip_grad_norm=0.5,
@@ -530,7 +582,9 @@ def book_recipe(
         checkpoint_path=checkpoint_path,
         progress=False,
     )
-    optimizer = torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        decay_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98)
+    )
     plan = f"{checkpoint_path}.plan.json" if checkpoint_path else None
     if plan and os.path.exists(plan) and os.path.exists(checkpoint_path):
         with open(plan) as f:
@@ -544,10 +598,14 @@ def book_recipe(
                 json.dump({"planned_steps": steps, "budget_s": budget_s}, f)
     schedule = warmup_cosine(optimizer, max(1, steps // 20), steps, min_lr_ratio=0.1)
     trainer = Trainer(model, optimizer, adaptive_lm_loss, config, schedule)
-    return Run(trainer, batches, planned_steps=steps, context=context, loss_fn=adaptive_lm_loss)
+    return Run(
+        trainer, batches, planned_steps=steps, context=context, loss_fn=adaptive_lm_loss
+    )
 
 
-def cross_entropy_check(model: _AdaptiveLM, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cross_entropy_check(
+    model: _AdaptiveLM, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """``|fast loss - full-softmax loss|``: the adaptive loss is the exact cross-entropy."""
     fast = -model.target_log_probs(x, y).mean()
     full = F.cross_entropy(model(x).flatten(0, 1), y.flatten())

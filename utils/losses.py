@@ -61,7 +61,9 @@ def _require_counted_targets(counted: torch.Tensor, ignore_index: int) -> None:
     # Reading a value is free on the CPU. On a GPU it would stall every step, so there an
     # all-padding batch shows up instead as a NaN loss (0 / 0), which the trainer reports.
     if counted.device.type == "cpu" and not counted.any():
-        raise ValueError(f"lm_loss: every target in the batch equals ignore_index={ignore_index}")
+        raise ValueError(
+            f"lm_loss: every target in the batch equals ignore_index={ignore_index}"
+        )
 
 
 def lm_loss(
@@ -87,15 +89,21 @@ def lm_loss(
             f"lm_loss expects logits [B, T, V] matching targets [B, T]; got logits "
             f"{tuple(logits.shape)} and targets {tuple(targets.shape)}"
         )
-    flat_logits = logits.reshape(-1, logits.size(-1)).float()  # [B*T, V]; the softmax in fp32
+    flat_logits = logits.reshape(
+        -1, logits.size(-1)
+    ).float()  # [B*T, V]; the softmax in fp32
     flat_targets = targets.reshape(-1)  # [B*T]
     counted = flat_targets != ignore_index  # [B*T]: False for padding
     _require_counted_targets(counted, ignore_index)
     loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=ignore_index)
     with torch.no_grad():  # top-1 accuracy: is the target's logit the largest one?
         # (amax + gather: on a CPU, argmax over [B*T, V] would cost as much as the loss itself)
-        target_logit = flat_logits.gather(1, torch.where(counted, flat_targets, 0)[:, None])
-        correct = (target_logit.squeeze(1) >= flat_logits.amax(dim=-1)) & counted  # [B*T]
+        target_logit = flat_logits.gather(
+            1, torch.where(counted, flat_targets, 0)[:, None]
+        )
+        correct = (
+            target_logit.squeeze(1) >= flat_logits.amax(dim=-1)
+        ) & counted  # [B*T]
         n_tokens = counted.sum()
     return loss, {"accuracy": correct.sum() / n_tokens}, n_tokens
 
@@ -113,7 +121,9 @@ def classification_loss(
     example, so ``n_tokens`` counts examples (and the trainer's "tokens/s" is then examples/s).
     """
     batch = _unpack(
-        batch, (2, 3), "classification_loss expects batch = (x, labels) or (x, lengths, labels)"
+        batch,
+        (2, 3),
+        "classification_loss expects batch = (x, labels) or (x, lengths, labels)",
     )
     *inputs, labels = batch
     logits = logits_of(model(*inputs))
@@ -134,21 +144,33 @@ def is_lm_loss(loss_fn: Callable) -> bool:
     return loss_fn is lm_loss
 
 
-def call_loss_fn(loss_fn: Callable, model: Any, batch: Any) -> tuple[torch.Tensor, dict, Any]:
+def call_loss_fn(
+    loss_fn: Callable, model: Any, batch: Any
+) -> tuple[torch.Tensor, dict, Any]:
     """``loss_fn(model, batch)``, with its result checked (types only: no values are read)."""
     result = loss_fn(model, batch)
     if not (isinstance(result, tuple) and len(result) == 3):
-        raise TypeError("loss_fn(model, batch) must return (loss, metrics: dict, n_tokens: int)")
+        raise TypeError(
+            "loss_fn(model, batch) must return (loss, metrics: dict, n_tokens: int)"
+        )
     loss, metrics, n_tokens = result
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise TypeError(f"loss_fn must return a scalar tensor as loss, got {loss!r:.80}")
+        raise TypeError(
+            f"loss_fn must return a scalar tensor as loss, got {loss!r:.80}"
+        )
     if not isinstance(metrics, dict):
-        raise TypeError(f"loss_fn must return a dict of metrics, got {type(metrics).__name__}")
+        raise TypeError(
+            f"loss_fn must return a dict of metrics, got {type(metrics).__name__}"
+        )
     if isinstance(n_tokens, torch.Tensor):
         valid = n_tokens.numel() == 1 and not n_tokens.is_floating_point()
         valid = valid and n_tokens.dtype != torch.bool
     else:
-        valid = isinstance(n_tokens, int) and not isinstance(n_tokens, bool) and n_tokens >= 1
+        valid = (
+            isinstance(n_tokens, int)
+            and not isinstance(n_tokens, bool)
+            and n_tokens >= 1
+        )
     if not valid:
         raise TypeError(
             f"loss_fn must return n_tokens as a positive int (or integer tensor), got {n_tokens!r}"
@@ -194,7 +216,9 @@ def evaluate(
         for batch in batches:
             if max_batches is not None and n_batches >= max_batches:
                 break
-            loss, metrics, n_tokens = call_loss_fn(loss_fn, model, move_to_device(batch, device))
+            loss, metrics, n_tokens = call_loss_fn(
+                loss_fn, model, move_to_device(batch, device)
+            )
             # float64 sums where the device has them (Apple's MPS does not)
             wide = torch.float32 if loss.device.type == "mps" else torch.float64
             loss_sum = loss_sum + loss.detach().to(wide) * n_tokens
@@ -209,9 +233,13 @@ def evaluate(
         raise ValueError("evaluate: batches is empty")
     loss_sum, total, *sums = read_scalars([loss_sum, total, *metric_sums.values()])
     if total == 0:
-        raise ValueError("evaluate: no predictions to average (is every target padding?)")
+        raise ValueError(
+            "evaluate: no predictions to average (is every target padding?)"
+        )
     result = {"loss": loss_sum / total}
-    result.update({name: value / total for name, value in zip(metric_sums, sums, strict=True)})
+    result.update(
+        {name: value / total for name, value in zip(metric_sums, sums, strict=True)}
+    )
     if perplexity if perplexity is not None else is_lm_loss(loss_fn):
         result["perplexity"] = _exp_or_inf(result["loss"])
     result["n_tokens"] = round(total)

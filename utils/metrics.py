@@ -81,11 +81,17 @@ def training_flops_per_token(
     if it is tied to the output layer.
     """
     check_int("n_params", n_params, minimum=0)
-    for name, value in (("n_layers", n_layers), ("d_model", d_model), ("seq_len", seq_len)):
+    for name, value in (
+        ("n_layers", n_layers),
+        ("d_model", d_model),
+        ("seq_len", seq_len),
+    ):
         check_int(name, value, minimum=0)
     if 0 in (n_layers, d_model, seq_len):
         return 6.0 * n_params  # the attention term left out
-    return compute.flops_per_token(n_params, n_layers, d_model, seq_len, attention=attention)
+    return compute.flops_per_token(
+        n_params, n_layers, d_model, seq_len, attention=attention
+    )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,7 +134,9 @@ def read_scalars(values: Sequence[float | int | torch.Tensor]) -> list[float]:
 
 def read_together(tensors: Sequence[torch.Tensor]) -> list[float]:
     """One-element tensors on one device as Python floats, in a single device-to-host copy."""
-    dtype = torch.float32 if tensors[0].device.type == "mps" else torch.float64  # MPS: no fp64
+    dtype = (
+        torch.float32 if tensors[0].device.type == "mps" else torch.float64
+    )  # MPS: no fp64
     return torch.stack([t.detach().reshape(()).to(dtype) for t in tensors]).tolist()
 
 
@@ -174,7 +182,13 @@ class History:
     def drop_after(self, step: int) -> None:
         """Forget what was recorded after step ``step`` (a step interrupted before it finished)."""
         keep = sum(1 for s in self.steps if s <= step)
-        for values in (self.steps, self.train_loss, self.lr, self.grad_norm, self.tokens_per_s):
+        for values in (
+            self.steps,
+            self.train_loss,
+            self.lr,
+            self.grad_norm,
+            self.tokens_per_s,
+        ):
             del values[keep:]
         for values in (self.mfu, self.time, *self.train_metrics.values()):
             del values[keep:]
@@ -227,7 +241,9 @@ class StepRecorder:
     checks it for NaN/inf and appends it to the History, with the throughput over that span.
     """
 
-    def __init__(self, flops_per_token: float | None = None, peak_flops: float | None = None):
+    def __init__(
+        self, flops_per_token: float | None = None, peak_flops: float | None = None
+    ):
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self._pending: list[dict[str, Any]] = []
         self._start_step()
@@ -249,19 +265,27 @@ class StepRecorder:
         self._time_offset = time_offset
         self._start_step()
         if steps_done is not None:
-            self._pending = [record for record in self._pending if record["step"] <= steps_done]
+            self._pending = [
+                record for record in self._pending if record["step"] <= steps_done
+            ]
 
-    def add_micro_batch(self, loss: torch.Tensor, metrics: dict[str, Any], n_tokens: Any) -> None:
+    def add_micro_batch(
+        self, loss: torch.Tensor, metrics: dict[str, Any], n_tokens: Any
+    ) -> None:
         """``loss``: the micro-batch's mean loss (0-dim); metrics are means, weighted by n_tokens."""
         self._loss_sum = _add(self._loss_sum, loss.detach().float())
         self._n_tokens = _add(self._n_tokens, n_tokens)
         for name, value in metrics.items():
-            self._metric_sums[name] = _add(self._metric_sums.get(name), value * n_tokens)
+            self._metric_sums[name] = _add(
+                self._metric_sums.get(name), value * n_tokens
+            )
         self._n_micro_batches += 1
 
     def end_step(self, step: int, grad_norm: Any, lr: Any) -> None:
         """Close step ``step`` (counted from 1): its gradient norm (0-dim) and learning rate."""
-        if isinstance(lr, torch.Tensor):  # a tensor lr is updated in place by the scheduler
+        if isinstance(
+            lr, torch.Tensor
+        ):  # a tensor lr is updated in place by the scheduler
             lr = lr.detach().clone()
         self._pending.append(
             {
@@ -294,14 +318,20 @@ class StepRecorder:
         if not pending:
             return
         numbers = iter(
-            read_scalars([x for step in pending for x in [*step["values"], *step["metric_sums"]]])
+            read_scalars(
+                [x for step in pending for x in [*step["values"], *step["metric_sums"]]]
+            )
         )
         now = time.perf_counter()
         seconds, self._span_start = max(now - self._span_start, 1e-12), now
         for step in pending:  # replace the tensors by the numbers just read
-            loss_sum, step["grad_norm"], step["lr"], step["n_tokens"] = islice(numbers, 4)
+            loss_sum, step["grad_norm"], step["lr"], step["n_tokens"] = islice(
+                numbers, 4
+            )
             step["loss"] = loss_sum / step["micro_batches"]
-            step["metrics"] = {name: next(numbers) / step["n_tokens"] for name in step["names"]}
+            step["metrics"] = {
+                name: next(numbers) / step["n_tokens"] for name in step["names"]
+            }
         tokens_per_s = sum(step["n_tokens"] for step in pending) / seconds
         mfu = None
         if self.flops_per_token is not None and self.peak_flops is not None:
@@ -310,7 +340,9 @@ class StepRecorder:
             if not math.isfinite(step["loss"]):
                 raise NonFiniteLossError(step["step"], step["loss"])
             if check_grad_norm and not math.isfinite(step["grad_norm"]):
-                raise NonFiniteLossError(step["step"], step["grad_norm"], "gradient norm")
+                raise NonFiniteLossError(
+                    step["step"], step["grad_norm"], "gradient norm"
+                )
             history.steps.append(step["step"])
             history.train_loss.append(step["loss"])
             history.lr.append(step["lr"])
@@ -320,5 +352,7 @@ class StepRecorder:
             history.time.append(step["time"])
             for name, value in step["metrics"].items():
                 # a metric first seen late gets None for the earlier steps, so lists stay aligned
-                values = history.train_metrics.setdefault(name, [None] * (len(history.steps) - 1))
+                values = history.train_metrics.setdefault(
+                    name, [None] * (len(history.steps) - 1)
+                )
                 values.append(value)

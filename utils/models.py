@@ -72,14 +72,24 @@ def _check_ids(idx: torch.Tensor, vocab_size: int, max_len: int | None) -> None:
     CUDA GPU the embedding's kernel stops on an out-of-range id itself (a device-side assert).
     """
     if not isinstance(idx, torch.Tensor):
-        raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
+        raise TypeError(
+            f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}"
+        )
     if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-        raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
+        raise TypeError(
+            f"idx must hold integer token ids (torch.long), got {idx.dtype}"
+        )
     if idx.dim() != 2 or idx.shape[1] == 0:
-        raise ValueError(f"idx must have shape (B, L) with L >= 1, got {tuple(idx.shape)}")
+        raise ValueError(
+            f"idx must have shape (B, L) with L >= 1, got {tuple(idx.shape)}"
+        )
     if max_len is not None and idx.shape[1] > max_len:
         raise ValueError(f"sequence length {idx.shape[1]} exceeds max_len={max_len}")
-    if reading_is_free(idx) and idx.numel() and (idx.min() < 0 or idx.max() >= vocab_size):
+    if (
+        reading_is_free(idx)
+        and idx.numel()
+        and (idx.min() < 0 or idx.max() >= vocab_size)
+    ):
         raise ValueError(
             f"token ids must lie in [0, {vocab_size}), got min {int(idx.min())} and "
             f"max {int(idx.max())}"
@@ -216,7 +226,9 @@ def _check_top_k_top_p(top_k: int | None, top_p: float | None) -> None:
     if top_k is not None:
         check_min_int("top_k", top_k)
     if top_p is not None and (
-        isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0
+        isinstance(top_p, bool)
+        or not isinstance(top_p, (int, float))
+        or not 0.0 < top_p <= 1.0
     ):
         raise ValueError(f"top_p must be a float in (0, 1], got {top_p!r}")
 
@@ -237,7 +249,11 @@ def filter_logits(
     Returns:
         A new tensor shaped like ``logits``.
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 1:
+    if (
+        not isinstance(logits, torch.Tensor)
+        or not logits.is_floating_point()
+        or logits.dim() < 1
+    ):
         raise TypeError("logits must be a floating-point tensor of shape (..., V)")
     _check_top_k_top_p(top_k, top_p)
 
@@ -247,9 +263,13 @@ def filter_logits(
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # probability of the better-ranked tokens
+        mass_before = (
+            probs.cumsum(dim=-1) - probs
+        )  # probability of the better-ranked tokens
         drop_sorted = mass_before >= top_p  # already enough mass without this token
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # undo the sort
+        drop = torch.zeros_like(drop_sorted).scatter(
+            -1, order, drop_sorted
+        )  # undo the sort
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
@@ -288,13 +308,21 @@ class TransformerLM(nn.Module):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("d_model", d_model)):
             check_min_int(name, value)
-        for name, value in (("n_heads", n_heads), ("n_layers", n_layers), ("max_len", max_len)):
+        for name, value in (
+            ("n_heads", n_heads),
+            ("n_layers", n_layers),
+            ("max_len", max_len),
+        ):
             check_min_int(name, value)
         _check_dropout(dropout)
         if pos_encoding not in POS_ENCODINGS:
-            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {pos_encoding!r}")
+            raise ValueError(
+                f"pos_encoding must be one of {POS_ENCODINGS}, got {pos_encoding!r}"
+            )
         if d_model % n_heads != 0:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+            raise ValueError(
+                f"d_model ({d_model}) must be divisible by n_heads ({n_heads})"
+            )
         d_ff = 4 * d_model if d_ff is None else d_ff
         self.vocab_size, self.d_model, self.n_heads = vocab_size, d_model, n_heads
         self.n_layers, self.d_ff, self.max_len = n_layers, d_ff, max_len
@@ -364,7 +392,9 @@ class TransformerLM(nn.Module):
 
         _check_ids(idx, self.vocab_size, max_len=None)  # longer prompts are cropped
         check_min_int("max_new_tokens", max_new_tokens, minimum=0)
-        check_sampling(temperature, top_k, top_p)  # the rules of utils.decoding.generate
+        check_sampling(
+            temperature, top_k, top_p
+        )  # the rules of utils.decoding.generate
 
         was_training = self.training
         self.eval()
@@ -377,7 +407,9 @@ class TransformerLM(nn.Module):
                 else:
                     logits = filter_logits(logits / temperature, top_k, top_p)
                     probs = torch.softmax(logits, dim=-1)
-                    next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+                    next_id = torch.multinomial(
+                        probs, num_samples=1, generator=generator
+                    )
                 idx = torch.cat([idx, next_id], dim=1)
         finally:
             self.train(was_training)
@@ -435,11 +467,17 @@ class TransformerClassifier(nn.Module):
             or not isinstance(pad_idx, int)
             or not 0 <= pad_idx < vocab_size
         ):
-            raise ValueError(f"pad_idx must be an int in [0, {vocab_size}), got {pad_idx!r}")
+            raise ValueError(
+                f"pad_idx must be an int in [0, {vocab_size}), got {pad_idx!r}"
+            )
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         d_ff = 4 * d_model if d_ff is None else d_ff
-        self.vocab_size, self.num_classes, self.max_len = vocab_size, num_classes, max_len
+        self.vocab_size, self.num_classes, self.max_len = (
+            vocab_size,
+            num_classes,
+            max_len,
+        )
         self.pad_idx, self.pooling = pad_idx, pooling
 
         self.token_embedding = nn.Embedding(vocab_size, d_model)
@@ -462,14 +500,20 @@ class TransformerClassifier(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """``idx (B, L)`` -> ``logits (B, C)`` (or ``(logits, attentions)``)."""
         _check_ids(idx, self.vocab_size, self.max_len)
-        is_real = idx != self.pad_idx  # (B, L); same as utils.attention.padding_mask, unsqueezed
+        is_real = (
+            idx != self.pad_idx
+        )  # (B, L); same as utils.attention.padding_mask, unsqueezed
         x = self.token_embedding(idx)  # (B, L, d_model)
         if self.pooling == "cls":
             B = idx.shape[0]
-            x = torch.cat([self.cls_embedding.expand(B, 1, -1), x], dim=1)  # (B, L + 1, d)
+            x = torch.cat(
+                [self.cls_embedding.expand(B, 1, -1), x], dim=1
+            )  # (B, L + 1, d)
             is_real = torch.cat([is_real.new_ones(B, 1), is_real], dim=1)
         x = self.drop(self.position_embedding(x))
-        mask = is_real[:, None, None, :]  # (B, 1, 1, L'): queries may attend real keys only
+        mask = is_real[
+            :, None, None, :
+        ]  # (B, 1, 1, L'): queries may attend real keys only
         attentions = []
         for block in self.blocks:
             x, weights = block(x, mask=mask, need_weights=return_attention)
@@ -525,7 +569,11 @@ class LSTMLM(nn.Module):
                 f"tie_weights=True needs hidden_size == d_model, got hidden_size={hidden_size} "
                 f"and d_model={d_model}"
             )
-        self.vocab_size, self.hidden_size, self.n_layers = vocab_size, hidden_size, n_layers
+        self.vocab_size, self.hidden_size, self.n_layers = (
+            vocab_size,
+            hidden_size,
+            n_layers,
+        )
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.drop = nn.Dropout(dropout)
         self.lstm = nn.LSTM(
@@ -533,7 +581,9 @@ class LSTMLM(nn.Module):
             hidden_size,
             n_layers,
             batch_first=True,
-            dropout=dropout if n_layers > 1 else 0.0,  # PyTorch's dropout acts between layers
+            dropout=dropout
+            if n_layers > 1
+            else 0.0,  # PyTorch's dropout acts between layers
         )
         self.lm_head = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
@@ -552,7 +602,9 @@ class LSTMLM(nn.Module):
         )
 
     @staticmethod
-    def detach_state(state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def detach_state(
+        state: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cut the graph behind a carried state (truncated backpropagation through time)."""
         return tuple(s.detach() for s in state)
 
@@ -571,8 +623,12 @@ class LSTMLM(nn.Module):
                 or len(state) != 2
                 or any(tuple(s.shape) != expected for s in state)
             ):
-                raise ValueError(f"state must be a pair (h, c) of shape {expected} each")
-        out, state = self.lstm(self.drop(self.embedding(idx)), tuple(state))  # (B, L, hidden)
+                raise ValueError(
+                    f"state must be a pair (h, c) of shape {expected} each"
+                )
+        out, state = self.lstm(
+            self.drop(self.embedding(idx)), tuple(state)
+        )  # (B, L, hidden)
         return self.lm_head(self.drop(out)), state
 
 
@@ -597,7 +653,9 @@ def count_parameters(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     if not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"exclude must be a string or an iterable of strings, got {exclude!r}")
+        raise TypeError(
+            f"exclude must be a string or an iterable of strings, got {exclude!r}"
+        )
     total = 0
     for name, param in model.named_parameters():  # named_parameters() skips duplicates
         if trainable_only and not param.requires_grad:

@@ -152,7 +152,9 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """Return ``value`` if it is one of ``choices``, else raise ParameterError listing them."""
     choices = tuple(choices)
     if value not in choices:
-        raise ParameterError(f"{name}={value!r} is not allowed; choose one of {choices}")
+        raise ParameterError(
+            f"{name}={value!r} is not allowed; choose one of {choices}"
+        )
     return value
 
 
@@ -190,7 +192,10 @@ def pick_device(device: str | None = "auto"):
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if (
+            getattr(torch.backends, "mps", None) is not None
+            and torch.backends.mps.is_available()
+        ):
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -234,7 +239,9 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def versions(packages: Sequence[str] = ("torch", "numpy", "transformers", "plotly")) -> dict:
+def versions(
+    packages: Sequence[str] = ("torch", "numpy", "transformers", "plotly"),
+) -> dict:
     """Installed versions of ``packages`` (plus Python), for reports and notebook metadata."""
     out = {"python": platform.python_version()}
     out.update({p: _version(p) for p in packages})
@@ -272,7 +279,9 @@ class Int:
         self.min_value, self.max_value = min_value, max_value
 
     def __call__(self, name: str, value: Any) -> int:
-        return check_int(name, value, min_value=self.min_value, max_value=self.max_value)
+        return check_int(
+            name, value, min_value=self.min_value, max_value=self.max_value
+        )
 
     def __repr__(self) -> str:
         return f"integer {_describe_range(self.min_value, self.max_value)}"
@@ -285,7 +294,9 @@ class Float:
         self.min_value, self.max_value = min_value, max_value
 
     def __call__(self, name: str, value: Any) -> float:
-        return check_float(name, value, min_value=self.min_value, max_value=self.max_value)
+        return check_float(
+            name, value, min_value=self.min_value, max_value=self.max_value
+        )
 
     def __repr__(self) -> str:
         return f"number {_describe_range(self.min_value, self.max_value)}"
@@ -343,7 +354,9 @@ def configure(
     """
     for name in knobs:
         if name in COMMON_KNOBS:
-            raise ParameterError(f"{name!r} is handled by configure(); remove it from the table")
+            raise ParameterError(
+                f"{name!r} is handled by configure(); remove it from the table"
+            )
         row = knobs[name]
         if not isinstance(row, tuple) or len(row) != 4 or not callable(row[3]):
             raise ParameterError(
@@ -362,13 +375,20 @@ def configure(
     origins = {}
     for name, (smoke, book, gpu, check) in knobs.items():
         given = namespace[name]
-        value = by_profile(profile, smoke=smoke, book=book, gpu=gpu) if given is None else given
+        value = (
+            by_profile(profile, smoke=smoke, book=book, gpu=gpu)
+            if given is None
+            else given
+        )
         cfg[name] = check(name, value)
         origins[name] = f"{profile} default" if given is None else "set by parameter"
     namespace.update(cfg)
     if report:
         width = max(map(len, knobs), default=0)
-        lines = [environment_report(cfg.device), f"profile {profile!r}, seed {cfg.seed}"]
+        lines = [
+            environment_report(cfg.device),
+            f"profile {profile!r}, seed {cfg.seed}",
+        ]
         lines += [f"  {n:<{width}} = {cfg[n]!r:<12} ({origins[n]})" for n in knobs]
         print("\n".join(lines), file=file)
     return cfg
@@ -421,7 +441,9 @@ def dry_run_stop(plan=None) -> None:
         pass
     else:
         display({DRY_RUN_MIME: data, "text/plain": "(dry-run estimate)"}, raw=True)
-    raise DryRunStop(f"{DRY_RUN_ENV} is set: configuration and data checks passed, stopped here")
+    raise DryRunStop(
+        f"{DRY_RUN_ENV} is set: configuration and data checks passed, stopped here"
+    )
 
 
 # --- Numbers in prose --------------------------------------------------------------------------

@@ -51,7 +51,9 @@ def _can_connect(host: str, port: int, timeout: float) -> bool:
     return bool(result) and result[0]
 
 
-def network_available(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
+def network_available(
+    host: str = "huggingface.co", port: int = 443, timeout: float = 2.0
+) -> bool:
     """Whether ``host:port`` accepts a TCP connection (through an HTTPS proxy if one is set).
 
     The answer is cached per process and per (host, port). ``LLMBOOK_OFFLINE=1`` forces ``False``
@@ -61,8 +63,14 @@ def network_available(host: str = "huggingface.co", port: int = 443, timeout: fl
         raise ValueError(f"host must be a non-empty string, got {host!r}")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if (
+        not isinstance(timeout, (int, float))
+        or isinstance(timeout, bool)
+        or not timeout > 0
+    ):
+        raise ValueError(
+            f"timeout must be a positive number of seconds, got {timeout!r}"
+        )
     if offline_forced():
         return False
     key = (host, port)

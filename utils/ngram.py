@@ -56,12 +56,18 @@ _BOS_ID = -1  # never a vocabulary index, so it can never be predicted
 def _check_sentences(sentences, name: str = "sentences") -> None:
     """Sentences must be a list/tuple of lists/tuples of strings without boundary markers."""
     if isinstance(sentences, str) or not isinstance(sentences, Sequence):
-        raise TypeError(f"{name} must be a list of sentences (lists of str), got {type(sentences)}")
+        raise TypeError(
+            f"{name} must be a list of sentences (lists of str), got {type(sentences)}"
+        )
     for i, sentence in enumerate(sentences):
         if isinstance(sentence, str) or not isinstance(sentence, Sequence):
             raise TypeError(
                 f"{name}[{i}] must be a list of tokens, got {type(sentence).__name__}"
-                + (" (split the string into words first)" if isinstance(sentence, str) else "")
+                + (
+                    " (split the string into words first)"
+                    if isinstance(sentence, str)
+                    else ""
+                )
             )
         for token in sentence:
             if not isinstance(token, str):
@@ -107,7 +113,9 @@ class NGramLM:
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise ValueError(f"order must be an int >= 1, got {order!r}")
         if smoothing not in SMOOTHING_METHODS:
-            raise ValueError(f"smoothing must be one of {SMOOTHING_METHODS}, got {smoothing!r}")
+            raise ValueError(
+                f"smoothing must be one of {SMOOTHING_METHODS}, got {smoothing!r}"
+            )
         if discount is not None and (
             isinstance(discount, bool)
             or not isinstance(discount, (int, float))
@@ -116,7 +124,11 @@ class NGramLM:
             raise ValueError(
                 f"discount must be None (estimate it) or a number in (0, 1], got {discount!r}"
             )
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0.0 < k < math.inf):
+        if (
+            isinstance(k, bool)
+            or not isinstance(k, (int, float))
+            or not (0.0 < k < math.inf)
+        ):
             raise ValueError(f"k must be a finite number > 0, got {k!r}")
         if not isinstance(unk_token, str) or unk_token in (BOS, EOS):
             raise ValueError(f"unk_token must be a string other than {BOS!r}/{EOS!r}")
@@ -141,7 +153,9 @@ class NGramLM:
 
     def _check_fitted(self) -> None:
         if not self.fitted:
-            raise RuntimeError("this NGramLM is not fitted yet: call .fit(sentences) first")
+            raise RuntimeError(
+                "this NGramLM is not fitted yet: call .fit(sentences) first"
+            )
 
     def _ids(self, tokens: Sequence[str]) -> list[int]:
         unk = self._index[self.unk_token]
@@ -178,12 +192,18 @@ class NGramLM:
             for context, followers in counts[level + 1].items():
                 short = context[1:]
                 for word, count in followers.items():
-                    if self.smoothing == "kneser-ney" and not (short and short[0] == _BOS_ID):
-                        count = 1  # continuation count: one more distinct left neighbour
+                    if self.smoothing == "kneser-ney" and not (
+                        short and short[0] == _BOS_ID
+                    ):
+                        count = (
+                            1  # continuation count: one more distinct left neighbour
+                        )
                     bucket = lower.setdefault(short, {})
                     bucket[word] = bucket.get(word, 0) + count
         self._counts = counts
-        self._stats = [{h: (sum(f.values()), len(f)) for h, f in level.items()} for level in counts]
+        self._stats = [
+            {h: (sum(f.values()), len(f)) for h, f in level.items()} for level in counts
+        ]
         self.discounts = [0.0] + [self._level_discount(lv) for lv in range(1, n + 1)]
         return self
 
@@ -207,7 +227,9 @@ class NGramLM:
         if context is None:
             context = ()
         if isinstance(context, str) or not isinstance(context, Sequence):
-            raise TypeError(f"context must be a list of str (previous words), got {context!r}")
+            raise TypeError(
+                f"context must be a list of str (previous words), got {context!r}"
+            )
         if self.order == 1:
             return ()
         keep = list(context)[-(self.order - 1) :]
@@ -244,7 +266,9 @@ class NGramLM:
         if not isinstance(word, str):
             raise TypeError(f"word must be a str, got {type(word).__name__}")
         if word == BOS:
-            raise ValueError(f"{BOS!r} is only ever context; the model never predicts it")
+            raise ValueError(
+                f"{BOS!r} is only ever context; the model never predicts it"
+            )
         return self._index.get(word, self._index[self.unk_token])
 
     def prob(self, word: str, context: Sequence[str] | None = None) -> float:
@@ -294,7 +318,9 @@ class NGramLM:
     def perplexity(self, sentences: Sequence[Sequence[str]]) -> float:
         """``exp(cross_entropy)``: the geometric mean of 1 / P(w_t | context) over all tokens."""
         ce = self.cross_entropy(sentences)
-        return math.exp(ce) if ce < 700 else math.inf  # exp overflows a float beyond ~709
+        return (
+            math.exp(ce) if ce < 700 else math.inf
+        )  # exp overflows a float beyond ~709
 
     # ------------------------------------------------------------------ counting diagnostics
 
@@ -340,7 +366,9 @@ class NGramLM:
                 if rng.random() * (total + self.k * len(self.vocab)) >= total:
                     return rng.randrange(len(self.vocab))  # the uniform part of add-k
             elif followers_top is None:
-                raise ValueError("MLE cannot continue: this context never occurred in training")
+                raise ValueError(
+                    "MLE cannot continue: this context never occurred in training"
+                )
         else:
             levels = range(n, 0, -1)
         for level in levels:
@@ -372,7 +400,11 @@ class NGramLM:
         state is untouched).
         """
         self._check_fitted()
-        if isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1:
+        if (
+            isinstance(max_words, bool)
+            or not isinstance(max_words, int)
+            or max_words < 1
+        ):
             raise ValueError(f"max_words must be an int >= 1, got {max_words!r}")
         prefix = [] if prefix is None else prefix
         _check_sentences([prefix], name="prefix")

@@ -63,7 +63,10 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     check_number("weight_decay", weight_decay, minimum=0.0)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": float(weight_decay)},
+        {
+            "params": [p for p in params if p.dim() >= 2],
+            "weight_decay": float(weight_decay),
+        },
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return [group for group in groups if group["params"]]
@@ -76,7 +79,9 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def _check_non_negative(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+        raise TypeError(
+            f"{name} must be a number, got {type(value).__name__}: {value!r}"
+        )
     if not value >= 0.0:  # also rejects NaN
         raise ValueError(f"Invalid {name}: {value!r} (must be >= 0)")
 
@@ -162,7 +167,9 @@ class SGD(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(
+        self, closure: Callable[[], torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         """Update every parameter that has a gradient; ``closure`` re-computes the loss."""
         loss = None
         if closure is not None:
@@ -189,7 +196,9 @@ class SGD(torch.optim.Optimizer):
                         state["momentum_buffer"] = buffer
                     else:
                         buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
-                    direction = grad + momentum * buffer if group["nesterov"] else buffer
+                    direction = (
+                        grad + momentum * buffer if group["nesterov"] else buffer
+                    )
                 else:
                     direction = grad
 
@@ -254,7 +263,9 @@ class Adam(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(
+        self, closure: Callable[[], torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         """Update every parameter that has a gradient; ``closure`` re-computes the loss."""
         loss = None
         if closure is not None:
@@ -282,9 +293,13 @@ class Adam(torch.optim.Optimizer):
 
                 if weight_decay != 0:
                     if self._decoupled_weight_decay:
-                        param.mul_(1 - lr * weight_decay)  # AdamW: shrink the weight directly
+                        param.mul_(
+                            1 - lr * weight_decay
+                        )  # AdamW: shrink the weight directly
                     else:
-                        grad = grad + weight_decay * param  # Adam: L2 penalty in the gradient
+                        grad = (
+                            grad + weight_decay * param
+                        )  # Adam: L2 penalty in the gradient
 
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
@@ -294,7 +309,9 @@ class Adam(torch.optim.Optimizer):
                 bias_correction2 = 1 - beta2**t
                 second_moment = exp_avg_sq
                 if group["amsgrad"]:
-                    torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+                    torch.maximum(
+                        state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"]
+                    )
                     second_moment = state["max_exp_avg_sq"]
 
                 # sqrt(v_hat) + eps, written as sqrt(v) / sqrt(1 - beta2^t) + eps
@@ -333,7 +350,12 @@ class AdamW(Adam):
         amsgrad: bool = False,
     ) -> None:
         super().__init__(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
         )
 
 
@@ -373,7 +395,9 @@ def warmup_cosine(
     check_int("warmup_steps", warmup_steps, 0)
     check_int("total_steps", total_steps, 1)
     if warmup_steps > total_steps:
-        raise ValueError(f"warmup_steps ({warmup_steps}) must be <= total_steps ({total_steps})")
+        raise ValueError(
+            f"warmup_steps ({warmup_steps}) must be <= total_steps ({total_steps})"
+        )
     if isinstance(min_lr_ratio, bool) or not isinstance(min_lr_ratio, (int, float)):
         raise TypeError(f"min_lr_ratio must be a number, got {min_lr_ratio!r}")
     if not 0.0 <= min_lr_ratio <= 1.0:
@@ -385,12 +409,16 @@ def warmup_cosine(
         if s >= total_steps:
             return float(min_lr_ratio)
         progress = (s - warmup_steps) / (total_steps - warmup_steps)
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
     return LambdaLR(optimizer, factor)
 
 
-def step_decay(optimizer: torch.optim.Optimizer, step_size: int, gamma: float) -> LambdaLR:
+def step_decay(
+    optimizer: torch.optim.Optimizer, step_size: int, gamma: float
+) -> LambdaLR:
     """Multiply the rate by ``gamma`` every ``step_size`` steps: factor ``gamma ** (s // step_size)``.
 
     The same schedule as ``torch.optim.lr_scheduler.StepLR``, written as a ``LambdaLR``.
@@ -404,7 +432,9 @@ def step_decay(optimizer: torch.optim.Optimizer, step_size: int, gamma: float) -
     return LambdaLR(optimizer, lambda s: gamma ** (s // step_size))
 
 
-def inverse_sqrt(optimizer: torch.optim.Optimizer, d_model: int, warmup_steps: int) -> LambdaLR:
+def inverse_sqrt(
+    optimizer: torch.optim.Optimizer, d_model: int, warmup_steps: int
+) -> LambdaLR:
     """The Transformer schedule (Vaswani et al. 2017, eq. 3): warm-up, then 1/sqrt(step) decay.
 
     The factor at scheduler step ``s`` is, with ``n = s + 1`` (the paper counts from 1)::

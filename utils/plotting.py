@@ -92,7 +92,9 @@ def plotly_js_html() -> str:
     """
     return (
         '<script type="text/javascript">\n'
-        "(function () { var define = undefined;\n" + plotly.offline.get_plotlyjs() + "\n})();\n"
+        "(function () { var define = undefined;\n"
+        + plotly.offline.get_plotlyjs()
+        + "\n})();\n"
         "(window.__llmbookPlotlyQueue || []).forEach(function (f) { f(); });\n"
         "window.__llmbookPlotlyQueue = [];\n"
         "</script>\n"
@@ -128,7 +130,9 @@ _NO_LOADER = """
   }, 4000);"""
 
 
-def figure_html(fig: go.Figure | dict, height: int | None = None, source: str | None = None) -> str:
+def figure_html(
+    fig: go.Figure | dict, height: int | None = None, source: str | None = None
+) -> str:
     """The HTML fragment that draws ``fig``: a div plus a short script.
 
     ``source`` (default :func:`plotly_source`) says where plotly.js comes from; only the first
@@ -144,7 +148,9 @@ def figure_html(fig: go.Figure | dict, height: int | None = None, source: str | 
     css_height = height or layout_height or 450
     if source == "cdn":
         url = plotly_cdn_url()
-        loader = _CDN_LOADER.replace("URL_NO_EXT", url[: -len(".js")]).replace("URL", url)
+        loader = _CDN_LOADER.replace("URL_NO_EXT", url[: -len(".js")]).replace(
+            "URL", url
+        )
     else:  # site, or inline after the first figure: the page has (or will have) plotly.js
         loader = _NO_LOADER.replace("DIV_ID", div_id).replace(
             "MESSAGE", json.dumps(_MISSING_PLOTLY)
@@ -202,7 +208,9 @@ def show(fig: go.Figure, height: int | None = None) -> None:
     from IPython.display import display
 
     title = fig.layout.title.text or "untitled"
-    display(_HtmlOutput(figure_html(fig, height=height), text=f"[plotly figure: {title}]"))
+    display(
+        _HtmlOutput(figure_html(fig, height=height), text=f"[plotly figure: {title}]")
+    )
 
 
 use_book_renderer()

@@ -19,7 +19,10 @@ from typing import Any
 import torch
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def cuda_has_native_bf16() -> bool:
@@ -28,7 +31,9 @@ def cuda_has_native_bf16() -> bool:
     # emulated -- slowly. Native bf16 tensor cores are what mixed precision needs.
     try:
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3 has no including_emulation and does not count emulation
+    except (
+        TypeError
+    ):  # torch < 2.3 has no including_emulation and does not count emulation
         return torch.cuda.is_bf16_supported()
 
 
@@ -57,7 +62,9 @@ def resolve_precision(
     if precision == "auto":
         return "bf16" if bf16_supported else "fp16"
     if precision == "bf16" and not bf16_supported:
-        raise ValueError("precision='bf16' but this GPU has no native bf16; use 'fp16' or 'auto'")
+        raise ValueError(
+            "precision='bf16' but this GPU has no native bf16; use 'fp16' or 'auto'"
+        )
     return precision
 
 
@@ -68,7 +75,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
+    return torch.autocast(
+        device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision]
+    )
 
 
 def make_grad_scaler(device: torch.device, precision: str) -> Any:

@@ -131,8 +131,14 @@ def load_smollm2(output_attentions: bool = False):
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    extra = {"attn_implementation": "eager", "output_attentions": True} if output_attentions else {}
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    extra = (
+        {"attn_implementation": "eager", "output_attentions": True}
+        if output_attentions
+        else {}
+    )
+    tokenizer = AutoTokenizer.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name
+    )
     model = AutoModelForCausalLM.from_pretrained(
         gguf_file.parent, gguf_file=gguf_file.name, **extra
     )
@@ -229,7 +235,9 @@ def from_hub(
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a non-empty model name, got {name!r}")
     if not hasattr(auto_class, "from_pretrained"):
-        raise TypeError(f"auto_class must be a transformers auto class, got {auto_class!r}")
+        raise TypeError(
+            f"auto_class must be a transformers auto class, got {auto_class!r}"
+        )
     if name in MINILM_ALIASES:
         name = str(minilm_path())
     local = Path(name).is_dir()  # a folder on disk: no hub, no offline advice
@@ -287,6 +295,10 @@ def load_pretrained(name: str, kind: str = "encoder", output_attentions: bool = 
     from transformers import AutoModel, AutoModelForCausalLM
 
     auto_model = AutoModel if kind == "encoder" else AutoModelForCausalLM
-    extra = {"attn_implementation": "eager", "output_attentions": True} if output_attentions else {}
+    extra = (
+        {"attn_implementation": "eager", "output_attentions": True}
+        if output_attentions
+        else {}
+    )
     model, tokenizer, _ = from_hub(name, auto_model, **extra)
     return model, tokenizer

@@ -105,9 +105,13 @@ def _positive_array(name: str, values: Any) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=float)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a sequence of numbers, got {values!r:.80}") from err
+        raise TypeError(
+            f"{name} must be a sequence of numbers, got {values!r:.80}"
+        ) from err
     if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one value per run), got shape {array.shape}")
+        raise ValueError(
+            f"{name} must be 1-D (one value per run), got shape {array.shape}"
+        )
     bad = ~(np.isfinite(array) & (array > 0))
     if bad.any():
         raise ValueError(
@@ -119,7 +123,9 @@ def _positive_array(name: str, values: Any) -> np.ndarray:
 def _check_same_length(**arrays: np.ndarray) -> int:
     lengths = {name: len(a) for name, a in arrays.items()}
     if len(set(lengths.values())) != 1:
-        raise ValueError(f"one value per run is needed in each array, got lengths {lengths}")
+        raise ValueError(
+            f"one value per run is needed in each array, got lengths {lengths}"
+        )
     return next(iter(lengths.values()))
 
 
@@ -167,7 +173,11 @@ def _stderr(jacobian: np.ndarray, residuals: np.ndarray, index: int) -> float | 
     except np.linalg.LinAlgError:
         return None
     variance = covariance[index, index]
-    return float(math.sqrt(variance)) if variance >= 0 and math.isfinite(variance) else None
+    return (
+        float(math.sqrt(variance))
+        if variance >= 0 and math.isfinite(variance)
+        else None
+    )
 
 
 def fit_power_law(
@@ -196,7 +206,9 @@ def fit_power_law(
     n = _check_same_length(x=x, loss=loss)
     n_params = 3 if irreducible else 2
     if n < n_params:
-        raise ValueError(f"fitting {n_params} parameters needs at least {n_params} runs, got {n}")
+        raise ValueError(
+            f"fitting {n_params} parameters needs at least {n_params} runs, got {n}"
+        )
     if len(np.unique(x)) < 2:
         raise ValueError("x must take at least 2 distinct values to fit an exponent")
 
@@ -225,7 +237,9 @@ def fit_power_law(
     start = [log_a0, alpha0] + ([min(c0, c_max * 0.999)] if irreducible else [])
     lower = [-np.inf, 0.0] + ([0.0] if irreducible else [])
     upper = [np.inf, 5.0] + ([c_max] if irreducible else [])
-    result = least_squares(residuals, start, bounds=(lower, upper), x_scale="jac", method="trf")
+    result = least_squares(
+        residuals, start, bounds=(lower, upper), x_scale="jac", method="trf"
+    )
     if not result.success or not np.all(np.isfinite(result.x)):
         raise RuntimeError(f"the power-law fit did not converge: {result.message}")
     log_a, alpha = float(result.x[0]), float(result.x[1])
@@ -248,7 +262,13 @@ def fit_power_law(
 
 
 def joint_law(
-    n_params: Any, n_tokens: Any, E: float, A: float, alpha: float, B: float, beta: float
+    n_params: Any,
+    n_tokens: Any,
+    E: float,
+    A: float,
+    alpha: float,
+    B: float,
+    beta: float,
 ) -> np.ndarray | float:
     """``E + A·N^(−α) + B·D^(−β)`` (Hoffmann et al. 2022, eq. 2), element-wise."""
     n_params = np.asarray(n_params, dtype=float)
@@ -270,7 +290,9 @@ class JointLawFit:
     n_points: int
 
     def __call__(self, n_params: Any, n_tokens: Any) -> np.ndarray | float:
-        return joint_law(n_params, n_tokens, self.E, self.A, self.alpha, self.B, self.beta)
+        return joint_law(
+            n_params, n_tokens, self.E, self.A, self.alpha, self.B, self.beta
+        )
 
 
 def fit_joint_law(
@@ -294,7 +316,9 @@ def fit_joint_law(
         raise ValueError(f"fitting E, A, α, B, β needs at least 6 runs, got {n}")
     for name, values in (("n_params", n_params), ("n_tokens", n_tokens)):
         if len(np.unique(values)) < 2:
-            raise ValueError(f"{name} must take at least 2 distinct values across the runs")
+            raise ValueError(
+                f"{name} must take at least 2 distinct values across the runs"
+            )
 
     n_ref = float(np.exp(np.mean(np.log(n_params))))
     d_ref = float(np.exp(np.mean(np.log(n_tokens))))
@@ -303,7 +327,9 @@ def fit_joint_law(
     best = None
     for alpha in np.linspace(0.05, 2.0, 40):
         for beta in np.linspace(0.05, 2.0, 40):
-            design = np.stack([np.ones(n), np.exp(-alpha * un), np.exp(-beta * ud)], axis=1)
+            design = np.stack(
+                [np.ones(n), np.exp(-alpha * un), np.exp(-beta * ud)], axis=1
+            )
             coef, _ = nnls(design, loss)
             pred = design @ coef
             if np.any(pred <= 0):
@@ -312,7 +338,9 @@ def fit_joint_law(
             if best is None or sse < best[0]:
                 best = (sse, coef, alpha, beta)
     if best is None:
-        raise RuntimeError("the joint fit found no starting point with positive predictions")
+        raise RuntimeError(
+            "the joint fit found no starting point with positive predictions"
+        )
     _, (e0, a0, b0), alpha0, beta0 = best
 
     def residuals(theta: np.ndarray) -> np.ndarray:
@@ -322,7 +350,9 @@ def fit_joint_law(
     tiny = 1e-12 * float(loss.min())
     start = [e0, max(a0, tiny), alpha0, max(b0, tiny), beta0]
     lower, upper = [0.0, 0.0, 0.0, 0.0, 0.0], [np.inf, np.inf, 5.0, np.inf, 5.0]
-    result = least_squares(residuals, start, bounds=(lower, upper), x_scale="jac", method="trf")
+    result = least_squares(
+        residuals, start, bounds=(lower, upper), x_scale="jac", method="trf"
+    )
     if not result.success or not np.all(np.isfinite(result.x)):
         raise RuntimeError(f"the joint fit did not converge: {result.message}")
     e, a, alpha, b, beta = (float(v) for v in result.x)
@@ -358,11 +388,17 @@ def check_flop_budget(flops: Any) -> float:
             raise ValueError(
                 f"the compute budget must be a number of FLOPs such as 1e18, got {flops!r:.40}"
             ) from None
-    if isinstance(flops, bool) or not isinstance(flops, (int, float, np.integer, np.floating)):
-        raise ValueError(f"the compute budget must be a number of FLOPs, got {flops!r:.60}")
+    if isinstance(flops, bool) or not isinstance(
+        flops, (int, float, np.integer, np.floating)
+    ):
+        raise ValueError(
+            f"the compute budget must be a number of FLOPs, got {flops!r:.60}"
+        )
     flops = float(flops)
     if math.isnan(flops):
-        raise ValueError("the compute budget is NaN: enter a number of FLOPs such as 1e18")
+        raise ValueError(
+            "the compute budget is NaN: enter a number of FLOPs such as 1e18"
+        )
     if flops <= 0:
         raise ValueError(f"the compute budget must be positive, got {flops:g} FLOPs")
     if math.isinf(flops) or flops > MAX_FLOPS:
@@ -416,7 +452,10 @@ def _count(x: float) -> str:
 
 
 def budget_report(
-    flops: Any, fit: JointLawFit, measured_flops: tuple[float, float], tokens_per_param: float = 20
+    flops: Any,
+    fit: JointLawFit,
+    measured_flops: tuple[float, float],
+    tokens_per_param: float = 20,
 ) -> str:
     """The calculator's text for a budget: the fit's (N, D), its predicted loss, the same budget
     split at ``tokens_per_param`` (Hoffmann et al.'s ~20), and a warning when the budget lies more
@@ -467,9 +506,7 @@ def budget_calculator(
         try:
             text = budget_report(field.value, fit, measured_flops, tokens_per_param)
         except (TypeError, ValueError) as err:
-            result.value = (
-                f"<div style='color:#b00020'><b>Invalid input:</b> {html.escape(str(err))}</div>"
-            )
+            result.value = f"<div style='color:#b00020'><b>Invalid input:</b> {html.escape(str(err))}</div>"
             return
         result.value = f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"
 

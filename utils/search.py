@@ -24,7 +24,14 @@ import torch.nn.functional as F
 from utils.checks import check_min_int
 from utils.models import mean_pool  # the one masked mean pooling (re-exported here)
 
-__all__ = ["EmptyQueryError", "SearchHit", "SemanticIndex", "embed_texts", "kmeans", "mean_pool"]
+__all__ = [
+    "EmptyQueryError",
+    "SearchHit",
+    "SemanticIndex",
+    "embed_texts",
+    "kmeans",
+    "mean_pool",
+]
 
 
 class EmptyQueryError(ValueError):
@@ -152,7 +159,11 @@ def kmeans(
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor of shape (N, d)")
-    for name, value, low in (("k", k, 1), ("iterations", iterations, 1), ("seed", seed, 0)):
+    for name, value, low in (
+        ("k", k, 1),
+        ("iterations", iterations, 1),
+        ("seed", seed, 0),
+    ):
         check_min_int(name, value, low)
     if k > x.shape[0]:
         raise ValueError(f"k={k} clusters need at least {k} points, got {x.shape[0]}")

@@ -77,7 +77,9 @@ _BASIC_ENGLISH_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 
-_SUPPORTED_TOKENIZERS = 'None (str.split), "basic_english", or any callable str -> list[str]'
+_SUPPORTED_TOKENIZERS = (
+    'None (str.split), "basic_english", or any callable str -> list[str]'
+)
 
 
 def _split_tokenizer(line: str) -> list[str]:
@@ -315,7 +317,9 @@ def _check_specials(specials: Sequence[str] | None) -> list[str]:
     if specials is None:
         return []
     if isinstance(specials, str):
-        raise TypeError(f"specials must be a list of str, not a single str ({specials!r})")
+        raise TypeError(
+            f"specials must be a list of str, not a single str ({specials!r})"
+        )
     specials = list(specials)
     for token in specials:
         _check_token(token, "each special")
@@ -409,7 +413,10 @@ def build_vocab_from_iterator(
     if max_tokens is not None:
         ranked = ranked[: max_tokens - len(specials)]
     return vocab(
-        OrderedDict(ranked), min_freq=min_freq, specials=specials, special_first=special_first
+        OrderedDict(ranked),
+        min_freq=min_freq,
+        specials=specials,
+        special_first=special_first,
     )
 
 
@@ -445,18 +452,31 @@ def train_bpe_tokenizer(
     Returns:
         A trained ``tokenizers.Tokenizer``.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
 
     if isinstance(texts, str):
-        raise TypeError("texts must be an iterable of str (e.g. a list of lines), not one str")
+        raise TypeError(
+            "texts must be an iterable of str (e.g. a list of lines), not one str"
+        )
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty; BPE needs some training text")
     for position, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{position}] must be a str, got {type(text).__name__}")
+            raise TypeError(
+                f"texts[{position}] must be a str, got {type(text).__name__}"
+            )
     if isinstance(special_tokens, str):
-        raise TypeError(f"special_tokens must be a sequence of str, not one str {special_tokens!r}")
+        raise TypeError(
+            f"special_tokens must be a sequence of str, not one str {special_tokens!r}"
+        )
     special_tokens = _check_specials(special_tokens)
     _check_int(vocab_size, "vocab_size")
     smallest = _BYTE_ALPHABET_SIZE + len(special_tokens)
@@ -493,7 +513,9 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text).ids
 
 
-def decode(tokenizer, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+def decode(
+    tokenizer, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False
+) -> str:
     """Text of ``ids`` under a Hugging Face ``tokenizers.Tokenizer``.
 
     ``skip_special_tokens`` defaults to False (the library's default is True) so that a text
@@ -517,7 +539,9 @@ class CharTokenizer:
         self.stoi: dict[str, int] = {}
         for char in chars:
             if not isinstance(char, str) or len(char) != 1:
-                raise ValueError(f"each entry of chars must be a single character, got {char!r}")
+                raise ValueError(
+                    f"each entry of chars must be a single character, got {char!r}"
+                )
             if char in self.stoi:
                 raise ValueError(f"duplicate character {char!r} in chars")
             self.stoi[char] = len(self.itos)
@@ -564,7 +588,9 @@ class CharTokenizer:
         for index in ids:
             _check_int(index, "each id")
             if not 0 <= index < len(self.itos):
-                raise ValueError(f"id {index} is out of range 0 .. {len(self.itos) - 1}")
+                raise ValueError(
+                    f"id {index} is out of range 0 .. {len(self.itos) - 1}"
+                )
             chars.append(self.itos[index])
         return "".join(chars)
 
@@ -581,17 +607,25 @@ def _as_id_tensor(seq: object, position: int) -> torch.Tensor:
                 f"sequence {position} must be 1-D, got a tensor of shape {tuple(seq.shape)}"
             )
         if seq.dtype.is_floating_point or seq.dtype.is_complex:
-            raise TypeError(f"sequence {position} must hold integer ids, got dtype {seq.dtype}")
+            raise TypeError(
+                f"sequence {position} must hold integer ids, got dtype {seq.dtype}"
+            )
         return seq.long()
     if isinstance(seq, (list, tuple)):
-        return torch.tensor(seq, dtype=torch.long) if seq else torch.zeros(0, dtype=torch.long)
+        return (
+            torch.tensor(seq, dtype=torch.long)
+            if seq
+            else torch.zeros(0, dtype=torch.long)
+        )
     raise TypeError(
         f"sequence {position} must be a list of ints or a 1-D tensor, got {type(seq).__name__}"
     )
 
 
 def _is_sequence(obj: object) -> bool:
-    return isinstance(obj, (list, tuple)) or (isinstance(obj, torch.Tensor) and obj.dim() == 1)
+    return isinstance(obj, (list, tuple)) or (
+        isinstance(obj, torch.Tensor) and obj.dim() == 1
+    )
 
 
 def pad_collate(
@@ -619,7 +653,9 @@ def pad_collate(
     # An example is an (ids, label) pair when its first element is itself a sequence; a plain
     # id list such as [4, 7] starts with an int, so it is not mistaken for a pair.
     first = batch[0]
-    has_labels = isinstance(first, (list, tuple)) and len(first) == 2 and _is_sequence(first[0])
+    has_labels = (
+        isinstance(first, (list, tuple)) and len(first) == 2 and _is_sequence(first[0])
+    )
     sequences, labels = [], []
     for position, example in enumerate(batch):
         if has_labels:
@@ -675,20 +711,26 @@ class BucketBatchSampler(Sampler[list[int]]):
     ) -> None:
         if isinstance(lengths, torch.Tensor):
             if lengths.dim() != 1:
-                raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
+                raise ValueError(
+                    f"lengths must be 1-D, got shape {tuple(lengths.shape)}"
+                )
             lengths = lengths.tolist()
         lengths = list(lengths)
         if not lengths:
             raise ValueError("lengths is empty; nothing to sample")
         for position, length in enumerate(lengths):
             if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-                raise ValueError(f"lengths[{position}] must be a non-negative int, got {length!r}")
+                raise ValueError(
+                    f"lengths[{position}] must be a non-negative int, got {length!r}"
+                )
         _check_int(batch_size, "batch_size")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         _check_int(bucket_size_multiplier, "bucket_size_multiplier")
         if bucket_size_multiplier < 1:
-            raise ValueError(f"bucket_size_multiplier must be >= 1, got {bucket_size_multiplier}")
+            raise ValueError(
+                f"bucket_size_multiplier must be >= 1, got {bucket_size_multiplier}"
+            )
         _check_int(seed, "seed")
         self.lengths = lengths
         self.batch_size = batch_size
@@ -711,13 +753,19 @@ class BucketBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         n = len(self.lengths)
-        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else range(n)
+        order = (
+            torch.randperm(n, generator=generator).tolist()
+            if self.shuffle
+            else range(n)
+        )
         order = list(order)
         pool_size = self.batch_size * self.bucket_size_multiplier
         batches = []
         for start in range(0, n, pool_size):
             # sorted() is stable, so equal lengths keep their (random) pool order.
-            pool = sorted(order[start : start + pool_size], key=self.lengths.__getitem__)
+            pool = sorted(
+                order[start : start + pool_size], key=self.lengths.__getitem__
+            )
             for batch_start in range(0, len(pool), self.batch_size):
                 batches.append(pool[batch_start : batch_start + self.batch_size])
         # Only the very last pool can end with a short batch (pool_size is a multiple of it).
@@ -751,11 +799,17 @@ def tokens_to_ids(
         LongTensor ``[N]``, all ids concatenated in order (``[0]`` for an empty corpus).
     """
     if isinstance(lines, str):
-        raise TypeError("lines must be an iterable of str (e.g. a list or an open file), not a str")
+        raise TypeError(
+            "lines must be an iterable of str (e.g. a list or an open file), not a str"
+        )
     if not callable(tokenizer):
-        raise TypeError(f"tokenizer must be callable str -> list[str], got {type(tokenizer)}")
+        raise TypeError(
+            f"tokenizer must be callable str -> list[str], got {type(tokenizer)}"
+        )
     if not callable(vocab):
-        raise TypeError(f"vocab must be callable list[str] -> list[int], got {type(vocab)}")
+        raise TypeError(
+            f"vocab must be callable list[str] -> list[int], got {type(vocab)}"
+        )
     eos_ids: list[int] = []
     if eos is not None:
         _check_token(eos, "eos")
@@ -816,11 +870,15 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 def _check_source(source: object) -> torch.Tensor:
     _check_integer_tensor(source, "source")
     if source.dim() != 2:
-        raise ValueError(f"source must be 2-D [B, L] from batchify, got {tuple(source.shape)}")
+        raise ValueError(
+            f"source must be 2-D [B, L] from batchify, got {tuple(source.shape)}"
+        )
     return source
 
 
-def get_batch(source: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+def get_batch(
+    source: torch.Tensor, i: int, bptt: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The language-model window starting at position ``i`` of a :func:`batchify` output.
 
     Args:
@@ -845,7 +903,9 @@ def get_batch(source: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, to
     return source[:, i : i + seq_len], source[:, i + 1 : i + 1 + seq_len]
 
 
-def iter_bptt(source: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iter_bptt(
+    source: torch.Tensor, bptt: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """All :func:`get_batch` windows of ``source [B, L]`` in order: ``i = 0, bptt, 2 * bptt...``.
 
     Every position but the first of every stream is a target exactly once, and consecutive

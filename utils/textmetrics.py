@@ -44,7 +44,9 @@ def _check_n(n: Any) -> int:
 
 def _check_samples(samples: Any, name: str = "samples") -> list[list]:
     if isinstance(samples, str) or not isinstance(samples, Sequence):
-        raise TypeError(f"{name} must be a list of token lists, got {type(samples).__name__}")
+        raise TypeError(
+            f"{name} must be a list of token lists, got {type(samples).__name__}"
+        )
     out = []
     for i, sample in enumerate(samples):
         if isinstance(sample, str) or not isinstance(sample, Sequence):
@@ -133,12 +135,16 @@ def bleu(
                 return 0.0
             matched = smoothing
         log_precisions.append(math.log(matched / total))
-    r = min((len(ref) for ref in references), key=lambda length: (abs(length - c), length))
+    r = min(
+        (len(ref) for ref in references), key=lambda length: (abs(length - c), length)
+    )
     brevity = 1.0 if c > r else math.exp(1 - r / c)
     return brevity * math.exp(sum(log_precisions) / max_n)
 
 
-def self_bleu(samples: Sequence[Sequence], max_n: int = 4, smoothing: float = 0.1) -> float:
+def self_bleu(
+    samples: Sequence[Sequence], max_n: int = 4, smoothing: float = 0.1
+) -> float:
     """Mean BLEU of each sample against all the others as references (Zhu et al. 2018).
 
     High: the samples share many n-grams (little diversity). Needs at least 2 samples.
@@ -147,7 +153,8 @@ def self_bleu(samples: Sequence[Sequence], max_n: int = 4, smoothing: float = 0.
     if len(samples) < 2:
         raise ValueError(f"self-BLEU needs at least 2 samples, got {len(samples)}")
     scores = [
-        bleu(s, samples[:i] + samples[i + 1 :], max_n, smoothing) for i, s in enumerate(samples)
+        bleu(s, samples[:i] + samples[i + 1 :], max_n, smoothing)
+        for i, s in enumerate(samples)
     ]
     return sum(scores) / len(scores)
 
@@ -169,7 +176,9 @@ def _check_answers(answers: Any) -> list[str]:
         answers = [answers]
     answers = list(answers)
     if not answers or not all(isinstance(a, str) for a in answers):
-        raise ValueError("answers must be a non-empty list of str (the accepted answers)")
+        raise ValueError(
+            "answers must be a non-empty list of str (the accepted answers)"
+        )
     return answers
 
 
@@ -203,4 +212,6 @@ def answer_in_text(prediction: str, answers: Sequence[str] | str) -> bool:
     prediction: the lenient score for a model that answers in a sentence."""
     answers = _check_answers(answers)
     pred = f" {normalize_answer(prediction)} "
-    return any(f" {normalize_answer(a)} " in pred for a in answers if normalize_answer(a))
+    return any(
+        f" {normalize_answer(a)} " in pred for a in answers if normalize_answer(a)
+    )

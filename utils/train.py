@@ -155,11 +155,15 @@ def step_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
         scheduler.step()
 
 
-def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> torch.Tensor:
+def clip_gradients(
+    optimizer: torch.optim.Optimizer, max_norm: float | None
+) -> torch.Tensor:
     """The global L2 norm of the gradients (0-dim tensor, taken before clipping); with
     ``max_norm``, the gradients are scaled down in place so that their global norm is at most that.
     """
-    parameters = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    parameters = [
+        p for g in optimizer.param_groups for p in g["params"] if p.grad is not None
+    ]
     if max_norm is not None:
         return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
     if not parameters:
@@ -167,7 +171,9 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> 
     grads = [p.grad for p in parameters]
     if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
         return torch.nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g) for g in grads])
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +237,9 @@ class TrainConfig:
         check_int("grad_accum_steps", self.grad_accum_steps, 1)
         check_positive_float("clip_grad_norm", self.clip_grad_norm)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ValueError(
+                f"precision must be one of {PRECISIONS}, got {self.precision!r}"
+            )
         for name in ("compile", "resume", "progress"):
             check_bool(name, getattr(self, name))
         for name in (
@@ -304,17 +312,25 @@ class Trainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError(
+                f"model must be a torch.nn.Module, got {type(model).__name__}"
+            )
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
         if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {loss_fn!r}")
+            raise TypeError(
+                f"loss_fn must be callable as loss_fn(model, batch), got {loss_fn!r}"
+            )
         if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+            raise TypeError(
+                f"config must be a TrainConfig, got {type(config).__name__}"
+            )
         if scheduler is not None and not hasattr(scheduler, "state_dict"):
-            raise TypeError(f"scheduler must be a torch LR scheduler or None, got {scheduler!r}")
+            raise TypeError(
+                f"scheduler must be a torch LR scheduler or None, got {scheduler!r}"
+            )
 
         self.config, self.optimizer, self.scheduler = config, optimizer, scheduler
         self.loss_fn = loss_fn
@@ -351,36 +367,58 @@ class Trainer:
         accum, step = self.config.grad_accum_steps, self.step + 1
         for _ in range(accum):
             batch = move_to_device(data.next(), self.device)
-            with self.autocast():  # matmuls in bf16/fp16 where safe; the weights stay fp32
-                loss, metrics, n_tokens = call_loss_fn(self.loss_fn, self.forward_model, batch)
+            with (
+                self.autocast()
+            ):  # matmuls in bf16/fp16 where safe; the weights stay fp32
+                loss, metrics, n_tokens = call_loss_fn(
+                    self.loss_fn, self.forward_model, batch
+                )
             # backward() adds to .grad, so dividing each micro-batch loss by accum makes the sum
             # the gradient of the mean loss: as if the micro-batches were one big batch.
             scaled_loss = loss / accum
-            if self.scaler is not None:  # fp16: scale up so that small gradients do not underflow
+            if (
+                self.scaler is not None
+            ):  # fp16: scale up so that small gradients do not underflow
                 scaled_loss = self.scaler.scale(scaled_loss)
             scaled_loss.backward()
-            self.recorder.add_micro_batch(loss, metrics, n_tokens)  # summed on the device
+            self.recorder.add_micro_batch(
+                loss, metrics, n_tokens
+            )  # summed on the device
         if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            self.scaler.unscale_(
+                self.optimizer
+            )  # clip the true gradients, not the scaled ones
         grad_norm = clip_gradients(self.optimizer, self.config.clip_grad_norm)
         self.recorder.end_step(step, grad_norm, lr=self.optimizer.param_groups[0]["lr"])
         if self.is_logging_step(step):
             self._read_back_metrics()  # waits for the GPU; stops on NaN/inf before the update
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)  # skipped if the fp16 gradients overflowed ...
+            self.scaler.step(
+                self.optimizer
+            )  # skipped if the fp16 gradients overflowed ...
             self.scaler.update()  # ... and then the scale shrinks (it grows after good steps)
         else:
             self.optimizer.step()
         if self.scheduler is not None:
             step_scheduler(self.scheduler)  # the learning rate for the next step
-        self.optimizer.zero_grad(set_to_none=True)  # .grad = None: the next step starts afresh
-        self.step, self.micro_batches_consumed = step, self.micro_batches_consumed + accum
+        self.optimizer.zero_grad(
+            set_to_none=True
+        )  # .grad = None: the next step starts afresh
+        self.step, self.micro_batches_consumed = (
+            step,
+            self.micro_batches_consumed + accum,
+        )
 
     def is_logging_step(self, step: int) -> bool:
         """Whether step ``step`` reads its numbers back from the device: every ``sync_every``-th
         step, the last one, and those that print, evaluate or checkpoint (which need them)."""
         config = self.config
-        periods = (self.sync_every, config.log_every, config.eval_every, config.checkpoint_every)
+        periods = (
+            self.sync_every,
+            config.log_every,
+            config.eval_every,
+            config.checkpoint_every,
+        )
         return step == config.max_steps or any(p and step % p == 0 for p in periods)
 
     def _read_back_metrics(self) -> None:
@@ -392,7 +430,9 @@ class Trainer:
 
     # ---- the run ---------------------------------------------------------------------------
 
-    def fit(self, train_batches: Any, eval_batches: Iterable[Any] | None = None) -> History:
+    def fit(
+        self, train_batches: Any, eval_batches: Iterable[Any] | None = None
+    ) -> History:
         """Train up to ``config.max_steps`` optimizer steps and return the :class:`History`.
 
         ``train_batches``: a function ``batch_at(i)`` of the micro-batch index, or a re-iterable
@@ -409,30 +449,46 @@ class Trainer:
         data = self._start_or_resume(train_batches)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        forget_unfinished_step(self.scaler)  # an interrupted step, unscaled but not taken
+        forget_unfinished_step(
+            self.scaler
+        )  # an interrupted step, unscaled but not taken
         self.history.drop_after(self.step)  # a step interrupted (Ctrl-C) after its read
-        self.recorder.start(self.history.time[-1] if self.history.time else 0.0, self.step)
+        self.recorder.start(
+            self.history.time[-1] if self.history.time else 0.0, self.step
+        )
         with tqdm(
-            total=config.max_steps, initial=self.step, desc="train", disable=not config.progress
+            total=config.max_steps,
+            initial=self.step,
+            desc="train",
+            disable=not config.progress,
         ) as bar:
             while self.step < config.max_steps:
                 self.train_step(data)
                 bar.update(1)
                 if self.is_logging_step(self.step):
-                    with self.recorder.untimed():  # evaluation is not training throughput
+                    with (
+                        self.recorder.untimed()
+                    ):  # evaluation is not training throughput
                         self._after_logging_step(eval_batches, bar)
         return self.history
 
     def _start_or_resume(self, train_batches: Any) -> MicroBatchStream:
         """Load the checkpoint (or seed a fresh run) and position the data after what was used."""
         saved_rng, path = None, self.config.checkpoint_path
-        if self.step == 0 and path is not None and self.config.resume and os.path.exists(path):
+        if (
+            self.step == 0
+            and path is not None
+            and self.config.resume
+            and os.path.exists(path)
+        ):
             saved_rng = self.load_checkpoint(path, restore_rng=False)["rng"]
         elif self.step == 0 and self.config.seed is not None:
             seed_rngs(self.config.seed)
         data = MicroBatchStream(train_batches)
         data.skip_to(self.micro_batches_consumed)
-        if saved_rng is not None:  # after skipping: reading data may itself draw random numbers
+        if (
+            saved_rng is not None
+        ):  # after skipping: reading data may itself draw random numbers
             set_rng_state(saved_rng)
         return data
 
@@ -473,7 +529,9 @@ class Trainer:
         """Write model, optimizer, scheduler, scaler, step, history, RNG states and config."""
         path = path if path is not None else self.config.checkpoint_path
         if not path:
-            raise ValueError("save_checkpoint: no path given and config.checkpoint_path is None")
+            raise ValueError(
+                "save_checkpoint: no path given and config.checkpoint_path is None"
+            )
         self._read_back_metrics()  # the history must reach the current step
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
@@ -481,8 +539,12 @@ class Trainer:
             "micro_batches_consumed": self.micro_batches_consumed,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scheduler": self.scheduler.state_dict()
+            if self.scheduler is not None
+            else None,
+            "grad_scaler": self.scaler.state_dict()
+            if self.scaler is not None
+            else None,
             "history": self.history.to_dict(),
             "config": self.config.to_dict(),
             "rng": rng_state(),
@@ -500,7 +562,9 @@ class Trainer:
         (with ``restore_rng=False``, restoring the RNG states after skipping consumed data).
         Returns the raw checkpoint dict.
         """
-        checkpoint = load_checkpoint_file(path if path is not None else self.config.checkpoint_path)
+        checkpoint = load_checkpoint_file(
+            path if path is not None else self.config.checkpoint_path
+        )
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if (checkpoint["scheduler"] is None) != (self.scheduler is None):
@@ -531,7 +595,15 @@ class Trainer:
 
 # Private names from before the split into modules, still importable from here.
 _AUTOCAST_DTYPES, _cuda_has_native_bf16 = AUTOCAST_DTYPES, cuda_has_native_bf16
-_check_int, _check_positive_float, _check_bool = check_int, check_positive_float, check_bool
+_check_int, _check_positive_float, _check_bool = (
+    check_int,
+    check_positive_float,
+    check_bool,
+)
 _seed_everything, _rng_state, _set_rng_state = seed_rngs, rng_state, set_rng_state
 _save_atomically, _MicroBatches = save_atomically, MicroBatchStream
-_check_reiterable, _is_lm_loss, _call_loss_fn = check_reiterable, is_lm_loss, call_loss_fn
+_check_reiterable, _is_lm_loss, _call_loss_fn = (
+    check_reiterable,
+    is_lm_loss,
+    call_loss_fn,
+)

@@ -61,7 +61,9 @@ def _to_numpy(name: str, value: Any, ndim: int) -> np.ndarray:
                 f"got {type(value).__name__}"
             ) from error
     if array.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(array.shape)}")
+        raise ValueError(
+            f"{name} must have {ndim} dimensions, got shape {tuple(array.shape)}"
+        )
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {tuple(array.shape)})")
     if not np.all(np.isfinite(array)):
@@ -71,7 +73,9 @@ def _to_numpy(name: str, value: Any, ndim: int) -> np.ndarray:
 
 def _check_tokens(name: str, tokens: Any, length: int, axis: str) -> list[str]:
     if isinstance(tokens, str) or not isinstance(tokens, Sequence):
-        raise TypeError(f"{name} must be a list of token strings, got {type(tokens).__name__}")
+        raise TypeError(
+            f"{name} must be a list of token strings, got {type(tokens).__name__}"
+        )
     if len(tokens) != length:
         raise ValueError(
             f"{name} has {len(tokens)} tokens but the weights have {length} {axis} positions"
@@ -103,7 +107,10 @@ def token_heatmap(
     n_q, n_k = weights.shape
     shown_q = _check_tokens("tokens_q", tokens_q, n_q, "query")
     shown_k = _check_tokens("tokens_k", tokens_k, n_k, "key")
-    shown_q, shown_k = [_display_text(t) for t in shown_q], [_display_text(t) for t in shown_k]
+    shown_q, shown_k = (
+        [_display_text(t) for t in shown_q],
+        [_display_text(t) for t in shown_k],
+    )
     # customdata[i, j] = (query token, key token): hover names the tokens, not just positions.
     customdata = np.empty((n_q, n_k, 2), dtype=object)
     customdata[:, :, 0] = np.array(shown_q, dtype=object)[:, None]
@@ -116,7 +123,11 @@ def token_heatmap(
         **trace_kwargs,
     }
     return go.Heatmap(
-        z=weights, x=list(range(n_k)), y=list(range(n_q)), customdata=customdata, **options
+        z=weights,
+        x=list(range(n_k)),
+        y=list(range(n_q)),
+        customdata=customdata,
+        **options,
     )
 
 
@@ -154,7 +165,13 @@ def attention_heatmap(
     if title is not None and not isinstance(title, str):
         raise TypeError(f"title must be a string or None, got {type(title).__name__}")
     trace = token_heatmap(
-        z, tokens_q, tokens_k, colorscale=colorscale, zmin=zmin, zmax=zmax, colorbar={"title": "w"}
+        z,
+        tokens_q,
+        tokens_k,
+        colorscale=colorscale,
+        zmin=zmin,
+        zmax=zmax,
+        colorbar={"title": "w"},
     )
     fig = go.Figure(trace)
     cell = 28 if max(z.shape) <= 24 else 18
@@ -184,7 +201,9 @@ def attention_grid(
     w = _to_numpy("weights", weights, ndim=3)
     n_heads, n_q, n_k = w.shape
     tokens_q = _check_tokens("tokens", tokens, n_q, "query")
-    tokens_k = _check_tokens("tokens_k", tokens_q if tokens_k is None else tokens_k, n_k, "key")
+    tokens_k = _check_tokens(
+        "tokens_k", tokens_q if tokens_k is None else tokens_k, n_k, "key"
+    )
     if not isinstance(n_cols, int) or isinstance(n_cols, bool) or n_cols < 1:
         raise ValueError(f"n_cols must be a positive integer, got {n_cols!r}")
     n_cols = min(n_cols, n_heads)
@@ -210,7 +229,12 @@ def attention_grid(
         fig.update_yaxes(visible=False, row=row + 1, col=col + 1)
     fig.update_layout(
         title=title,
-        coloraxis={"colorscale": colorscale, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "w"}},
+        coloraxis={
+            "colorscale": colorscale,
+            "cmin": 0.0,
+            "cmax": 1.0,
+            "colorbar": {"title": "w"},
+        },
         height=int(min(1600, 120 + n_rows * max(220, 14 * n_q))),
         margin={"l": 60, "r": 30, "t": 80 if title else 50, "b": 60},
     )
@@ -232,7 +256,9 @@ def _as_history_dict(history: Any) -> dict[str, list]:
         )
     result = {}
     for key, values in history.items():
-        if isinstance(values, Mapping):  # e.g. pandas' DataFrame.to_dict(): {column: {row: value}}
+        if isinstance(
+            values, Mapping
+        ):  # e.g. pandas' DataFrame.to_dict(): {column: {row: value}}
             values = list(values.values())
         if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
             continue  # scalars / metadata next to the curves
@@ -323,7 +349,9 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 def _hf_max_len(model: Any, tokenizer: Any) -> int | None:
     limits = []
     model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and 0 < model_max < 1_000_000:  # huge = "no limit" sentinel
+    if (
+        isinstance(model_max, int) and 0 < model_max < 1_000_000
+    ):  # huge = "no limit" sentinel
         limits.append(model_max)
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
@@ -374,7 +402,9 @@ def attention_for_text(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
-    if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool)):
+    if max_len is not None and (
+        not isinstance(max_len, int) or isinstance(max_len, bool)
+    ):
         raise TypeError(f"max_len must be a positive integer or None, got {max_len!r}")
     if max_len is not None and max_len < 1:
         raise ValueError(f"max_len must be a positive integer or None, got {max_len!r}")
@@ -385,7 +415,9 @@ def attention_for_text(
             "(the book's models)"
         )
     if not text.strip():
-        raise EmptyTextError("The text is empty: type a sentence to see its attention weights.")
+        raise EmptyTextError(
+            "The text is empty: type a sentence to see its attention weights."
+        )
 
     was_training = model.training
     model.eval()
@@ -417,8 +449,14 @@ def _book_attention(model, encode, decode_tokens, text, max_len):
         )
     attentions = _stack_attentions(output[1])
     tokens = [str(t) for t in decode_tokens(ids)]
-    if attentions.shape[-1] == len(tokens) + 1 and getattr(model, "pooling", None) == "cls":
-        tokens = ["[CLS]", *tokens]  # TransformerClassifier(pooling="cls") prepends a CLS position
+    if (
+        attentions.shape[-1] == len(tokens) + 1
+        and getattr(model, "pooling", None) == "cls"
+    ):
+        tokens = [
+            "[CLS]",
+            *tokens,
+        ]  # TransformerClassifier(pooling="cls") prepends a CLS position
     if len(tokens) != attentions.shape[-1]:
         raise RuntimeError(
             f"decode_tokens returned {len(tokens)} tokens for {attentions.shape[-1]} positions"
@@ -451,7 +489,9 @@ def _figure_output(fig: go.Figure) -> dict[str, Any]:
         from utils.plotting import figure_html
 
         page = figure_html(fig)
-    except ImportError:  # utils.plotting missing: plotly's own HTML, plotly.js from its CDN
+    except (
+        ImportError
+    ):  # utils.plotting missing: plotly's own HTML, plotly.js from its CDN
         page = fig.to_html(include_plotlyjs="cdn", full_html=False)
     return {"output_type": "display_data", "data": {"text/html": page}, "metadata": {}}
 
@@ -485,7 +525,9 @@ class AttentionExplorer:
         import ipywidgets as widgets
 
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError(
+                f"model must be a torch.nn.Module, got {type(model).__name__}"
+            )
         if tokenizer is None and (encode is None or decode_tokens is None):
             raise TypeError(
                 "pass either a Hugging Face tokenizer or both encode= and decode_tokens="
@@ -494,7 +536,9 @@ class AttentionExplorer:
             raise TypeError(f"text must be a string, got {type(text).__name__}")
         for name, value in (("layer", layer), ("head", head)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+                raise ValueError(
+                    f"{name} must be a non-negative integer, got {value!r}"
+                )
         self.model = model
         self._compute_kwargs = {
             "tokenizer": tokenizer,
@@ -504,7 +548,9 @@ class AttentionExplorer:
         }
         self.tokens: list[str] = []
         self.attentions: torch.Tensor | None = None  # [n_layers, H, L, L]
-        self.figure: go.Figure | None = None  # the heatmap on display, None while a message shows
+        self.figure: go.Figure | None = (
+            None  # the heatmap on display, None while a message shows
+        )
         self.message = ""
         self._updating = False  # True while _on_text adjusts the sliders
 
@@ -522,7 +568,11 @@ class AttentionExplorer:
         )
         self.output = widgets.Output()
         self.widget = widgets.VBox(
-            [self.text_box, widgets.HBox([self.layer_slider, self.head_slider]), self.output]
+            [
+                self.text_box,
+                widgets.HBox([self.layer_slider, self.head_slider]),
+                self.output,
+            ]
         )
         self.text_box.observe(self._on_text, names="value")
         self.layer_slider.observe(self._on_selection, names="value")
@@ -541,7 +591,9 @@ class AttentionExplorer:
             self.tokens, self.attentions, self.figure = [], None, None
             self._show([_message_output(str(error))])
             return
-        except Exception as error:  # a widget callback must not raise: say what went wrong
+        except (
+            Exception
+        ) as error:  # a widget callback must not raise: say what went wrong
             self.tokens, self.attentions, self.figure = [], None, None
             self._show([_message_output(f"Could not compute attention: {error}")])
             return
@@ -568,7 +620,9 @@ class AttentionExplorer:
     def _redraw(self) -> None:
         layer, head = self.layer_slider.value, self.head_slider.value
         self.figure = attention_heatmap(
-            self.attentions[layer, head], self.tokens, title=f"layer {layer}, head {head}"
+            self.attentions[layer, head],
+            self.tokens,
+            title=f"layer {layer}, head {head}",
         )
         outputs = [_message_output(self.message)] if self.message else []
         self._show(outputs + [_figure_output(self.figure)])
@@ -597,7 +651,8 @@ _INLINE_SCRIPT = re.compile(
     r'<script type="text/javascript">\n(?P<js>.*)\n</script>\s*$', flags=re.DOTALL
 )
 _REQUIRE_CONFIG = re.compile(
-    r"require\.config\(\{\s*paths:\s*\{(?P<paths>.*?)\}\s*\}\);\s*requirejs\(", flags=re.DOTALL
+    r"require\.config\(\{\s*paths:\s*\{(?P<paths>.*?)\}\s*\}\);\s*requirejs\(",
+    flags=re.DOTALL,
 )
 _PATH_ENTRY = re.compile(r"(?P<name>\w+)\s*:\s*'(?P<url>[^']+)'")
 _BERTVIZ_ID = re.compile(r"bertviz-[0-9a-f]{32}")
@@ -737,9 +792,13 @@ def rewrite_bertviz_html(
     gives identical output.
     """
     if not isinstance(page, str):
-        raise TypeError(f"page must be the HTML string from bertviz, got {type(page).__name__}")
+        raise TypeError(
+            f"page must be the HTML string from bertviz, got {type(page).__name__}"
+        )
     if not isinstance(vendor_url, str) or not vendor_url:
-        raise ValueError(f"vendor_url must be a non-empty URL string, got {vendor_url!r}")
+        raise ValueError(
+            f"vendor_url must be a non-empty URL string, got {vendor_url!r}"
+        )
     source = source or plotly_source()
     if source not in ("site", "inline", "cdn"):
         raise ValueError(f"source={source!r} is not one of site, inline, cdn")
@@ -756,14 +815,19 @@ def rewrite_bertviz_html(
     div_html = page[require_tag.end() : inline.start()]
     js = inline.group("js")
     cdn_paths = {
-        m.group("name"): m.group("url") for m in _PATH_ENTRY.finditer(config.group("paths"))
+        m.group("name"): m.group("url")
+        for m in _PATH_ENTRY.finditer(config.group("paths"))
     }
     if set(cdn_paths) != {"d3", "jquery"}:
-        raise RuntimeError(f"bertviz's require.config paths changed: found {sorted(cdn_paths)}")
+        raise RuntimeError(
+            f"bertviz's require.config paths changed: found {sorted(cdn_paths)}"
+        )
     body = js[config.end() :]  # "['jquery', 'd3'], function ($, d3) { ... });"
     div_id = _BERTVIZ_ID.search(div_html)
     if div_id is None:
-        raise RuntimeError("bertviz's HTML has no bertviz-<id> div; utils.viz must be updated")
+        raise RuntimeError(
+            "bertviz's HTML has no bertviz-<id> div; utils.viz must be updated"
+        )
     if source == "inline" and libraries is not None:
         script = _INLINE_TEMPLATE.replace("__BODY__", body)
     else:
@@ -772,7 +836,9 @@ def rewrite_bertviz_html(
             name: ([f"{vendor_url}/{name}.min"] if local else []) + [url]
             for name, url in cdn_paths.items()
         }
-        requires = ([f"{vendor_url}/require.js"] if local else []) + [require_tag.group("url")]
+        requires = ([f"{vendor_url}/require.js"] if local else []) + [
+            require_tag.group("url")
+        ]
         script = (
             _LOADER_TEMPLATE.replace("__REQUIRE_SOURCES__", json.dumps(requires))
             .replace("__PATHS__", json.dumps(paths))
@@ -782,7 +848,9 @@ def rewrite_bertviz_html(
         "__MESSAGE__", json.dumps(_BERTVIZ_MISSING_JS)
     )
     result = div_html.strip() + "\n" + script
-    digest = hashlib.sha1(_BERTVIZ_ID.sub("bertviz-id", result).encode()).hexdigest()[:32]
+    digest = hashlib.sha1(_BERTVIZ_ID.sub("bertviz-id", result).encode()).hexdigest()[
+        :32
+    ]
     result = _BERTVIZ_ID.sub(f"bertviz-{digest}", result)
     if source == "inline" and libraries:
         result = _inline_libraries_html(libraries) + result
@@ -814,7 +882,9 @@ def _bertviz_attention(attention: Any, batch_index: int | None) -> list[torch.Te
     result = []
     for i, layer in enumerate(layers):
         if layer.dim() != 4:
-            raise ValueError(f"attention[{i}] must be [B, H, L, L], got shape {tuple(layer.shape)}")
+            raise ValueError(
+                f"attention[{i}] must be [B, H, L, L], got shape {tuple(layer.shape)}"
+            )
         if layer.shape[0] != 1:
             if batch_index is None:
                 raise ValueError(
@@ -850,7 +920,9 @@ def _bertviz_view(view: Callable, attention, tokens, vendor_url, batch_index, kw
             libraries = {}  # already on the page: only the view itself
         elif libraries is not None:
             _bertviz_libraries_sent = True
-    page = rewrite_bertviz_html(returned.data, vendor_url, source=source, libraries=libraries)
+    page = rewrite_bertviz_html(
+        returned.data, vendor_url, source=source, libraries=libraries
+    )
     return HTML(page)
 
 
@@ -870,7 +942,9 @@ def head_view(
     """
     import bertviz
 
-    return _bertviz_view(bertviz.head_view, attention, tokens, vendor_url, batch_index, kwargs)
+    return _bertviz_view(
+        bertviz.head_view, attention, tokens, vendor_url, batch_index, kwargs
+    )
 
 
 def model_view(
@@ -888,4 +962,6 @@ def model_view(
     """
     import bertviz
 
-    return _bertviz_view(bertviz.model_view, attention, tokens, vendor_url, batch_index, kwargs)
+    return _bertviz_view(
+        bertviz.model_view, attention, tokens, vendor_url, batch_index, kwargs
+    )

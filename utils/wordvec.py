@@ -71,7 +71,9 @@ def _check_counts(counts) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_sgns_shapes(center: torch.Tensor, context: torch.Tensor, noise: torch.Tensor) -> None:
+def _check_sgns_shapes(
+    center: torch.Tensor, context: torch.Tensor, noise: torch.Tensor
+) -> None:
     if center.dim() != 2 or context.shape != center.shape:
         raise ValueError(
             f"center and context must both be (B, d); got {tuple(center.shape)} and "
@@ -79,10 +81,14 @@ def _check_sgns_shapes(center: torch.Tensor, context: torch.Tensor, noise: torch
         )
     B, d = center.shape
     if noise.dim() != 3 or noise.shape[0] != B or noise.shape[2] != d:
-        raise ValueError(f"noise must be (B, K, d) = ({B}, K, {d}), got {tuple(noise.shape)}")
+        raise ValueError(
+            f"noise must be (B, K, d) = ({B}, K, {d}), got {tuple(noise.shape)}"
+        )
 
 
-def sgns_loss(center: torch.Tensor, context: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def sgns_loss(
+    center: torch.Tensor, context: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
     """Per-pair SGNS loss ``−log σ(u_o·v_c) − Σ_k log σ(−u_k·v_c)``.
 
     Args:
@@ -143,7 +149,11 @@ def subsample_keep_probability(counts, threshold: float = 1e-4) -> torch.Tensor:
     an occurrence with probability ``1 − sqrt(t / f)``. Words rarer than ``t`` are always kept.
     """
     counts = _check_counts(counts)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold <= 0:
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or threshold <= 0
+    ):
         raise ValueError(f"threshold must be a number > 0, got {threshold!r}")
     freq = counts / counts.sum()
     keep = torch.sqrt(threshold / freq.clamp_min(1e-300))
@@ -213,7 +223,9 @@ class SkipGramNS(nn.Module):
         self, centers: torch.Tensor, contexts: torch.Tensor, noise: torch.Tensor
     ) -> torch.Tensor:
         """``centers (B,)``, ``contexts (B,)``, ``noise (B, K)`` ids -> ``(B,)`` losses."""
-        return sgns_loss(self.center(centers), self.context(contexts), self.context(noise))
+        return sgns_loss(
+            self.center(centers), self.context(contexts), self.context(noise)
+        )
 
     @property
     def vectors(self) -> torch.Tensor:
@@ -328,12 +340,16 @@ def train_sgns(
                 break
             batches = range(0, n_pairs, batch_size)
             if progress is not None:
-                batches = progress(batches, total=len(batches), desc=f"SGNS epoch {epoch + 1}")
+                batches = progress(
+                    batches, total=len(batches), desc=f"SGNS epoch {epoch + 1}"
+                )
             for first in batches:
                 index = order[first : min(first + batch_size, n_pairs)]
                 noise = sampler.sample((index.numel(), negatives), generator)
                 losses = model(centers[index], contexts[index], noise)
-                done = history.pairs_seen / total_pairs  # word2vec: lr falls linearly to ~0
+                done = (
+                    history.pairs_seen / total_pairs
+                )  # word2vec: lr falls linearly to ~0
                 optimizer.param_groups[0]["lr"] = lr * max(1e-4, 1.0 - done)
                 optimizer.zero_grad(set_to_none=True)
                 losses.sum().backward()  # each pair takes its own step, as in word2vec
@@ -363,7 +379,10 @@ def _unit(vectors: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_neighbours(
-    vectors: torch.Tensor, query: int | torch.Tensor, k: int = 5, exclude: Sequence[int] = ()
+    vectors: torch.Tensor,
+    query: int | torch.Tensor,
+    k: int = 5,
+    exclude: Sequence[int] = (),
 ) -> tuple[list[int], list[float]]:
     """The ``k`` rows most cosine-similar to ``query`` (a row id, or a ``(d,)`` vector).
 

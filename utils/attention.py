@@ -317,13 +317,15 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attend from ``query (B, L_q, d_model)`` to ``key``/``value (B, L_k, d_model)``.
+        """Attend from ``query (B, L_q, d_model)`` to ``key``/``value (B, L_k, d)``.
 
         Args:
-            mask: boolean, broadcastable to ``(B, H, L_q, L_k)``, True = may attend; e.g.
-                :func:`padding_mask` ``(B, 1, 1, L_k)`` or :func:`causal_mask` ``(L, L)``.
+            mask: boolean, broadcastable to ``(B, H, L_q, L_k)``, True = may attend;
+                e.g. :func:`padding_mask` ``(B, 1, 1, L_k)`` or :func:`causal_mask`
+                ``(L, L)``.
             need_weights: also return the per-head weights (uses the explicit path).
-            is_causal: add a causal mask (needs ``L_q == L_k``); combined with ``mask`` by AND.
+            is_causal: add a causal mask (needs ``L_q == L_k``); combined with
+                ``mask`` by AND.
 
         Returns:
             ``(output (B, L_q, d_model), weights (B, H, L_q, L_k) or None)``.
@@ -340,7 +342,7 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         if is_causal and (need_weights or mask is not None):
-            # build the causal mask explicitly; the fused kernel alone can use is_causal=True
+            # an explicit causal mask; only the fused kernel alone takes is_causal=True
             causal = causal_mask(L_q, device=query.device)
             mask = causal if mask is None else mask & causal
             is_causal = False

@@ -345,13 +345,14 @@ def _time_allreduce(
 
 
 def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
-    """Run ``config`` in this process (one rank of a started process group) on ``device``.
+    """Run ``config`` in this process (one rank of a started process group).
 
     A deliberately minimal loop (see the module docstring for why it is not the
-    :class:`~utils.train.Trainer`): each step takes this rank's ``[b, T]`` shard of the global
-    batch, computes the book's :func:`~utils.losses.lm_loss`, back-propagates (DDP averages the
-    gradients over the ranks) and applies AdamW with :func:`~utils.optim.decay_groups`.
-    Returns the results on rank 0 (None on the others); see the module docstring.
+    :class:`~utils.train.Trainer`): each step takes this rank's ``[b, T]`` shard of the
+    global batch, computes the book's :func:`~utils.losses.lm_loss`, back-propagates
+    (DDP averages the gradients over the ranks) and applies AdamW with
+    :func:`~utils.optim.decay_groups`. Returns the results on rank 0 (None on the
+    others); see the module docstring.
     """
     import torch.distributed as dist
 
@@ -372,7 +373,7 @@ def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
             k: v.detach().cpu().clone() for k, v in model.state_dict().items()
         }
     wrapped = _wrap(model, config, device)
-    # the book's AdamW groups: decay on matrices and embeddings, none on biases and gains
+    # the book's AdamW groups: decay on matrices, none on biases and gains
     optimizer = torch.optim.AdamW(
         decay_groups(wrapped, config.weight_decay), lr=config.lr
     )
@@ -409,8 +410,8 @@ def train(config: RunConfig, device: torch.device) -> dict[str, Any] | None:
     dist.barrier()
     elapsed = ticks[-1] - ticks[0] if ticks else None
 
-    # The global batch's loss: every rank has the same number of targets, so it is the mean
-    # of the ranks' losses.
+    # The global batch's loss: every rank has the same number of targets, so it is
+    # the mean of the ranks' losses.
     loss_sum = torch.stack(losses)
     dist.all_reduce(loss_sum)
     global_losses = (loss_sum / world).cpu().tolist()

@@ -209,8 +209,8 @@ def next_tokens(
     """Choose the next token of each row: ``logits (B, V) -> ids (B, 1)``.
 
     Greedy: the argmax after the repetition penalty. Otherwise one draw from
-    ``softmax(process_logits(...))`` with ``torch.multinomial`` (``generator``, or torch's global
-    generator when ``None``, as transformers does).
+    ``softmax(process_logits(...))`` with ``torch.multinomial`` (``generator``, or
+    torch's global generator when ``None``, as transformers does).
     """
     if greedy:
         check_sampling(temperature, top_k, top_p, repetition_penalty)

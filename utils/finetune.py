@@ -272,10 +272,11 @@ def _unpack(batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
 def hf_classification_loss(
     model: Any, batch: Any
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-    """``model(**inputs, labels=labels)`` in the :class:`utils.train.Trainer` loss signature.
+    """``model(**inputs, labels=labels)`` as a :class:`utils.train.Trainer` loss.
 
-    ``batch = (inputs, labels)`` (a third item, the rows, is ignored). The model computes the
-    mean cross-entropy itself (``outputs.loss``). Returns ``(loss, {"accuracy": ...}, B)``.
+    ``batch = (inputs, labels)`` (a third item, the rows, is ignored). The model
+    computes the mean cross-entropy itself (``outputs.loss``). Returns
+    ``(loss, {"accuracy": ...}, B)``.
     """
     inputs, labels = _unpack(batch)
     outputs = model(**inputs, labels=labels)

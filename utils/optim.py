@@ -170,7 +170,7 @@ class SGD(torch.optim.Optimizer):
     def step(
         self, closure: Callable[[], torch.Tensor] | None = None
     ) -> torch.Tensor | None:
-        """Update every parameter that has a gradient; ``closure`` re-computes the loss."""
+        """Update each parameter with a gradient; ``closure`` recomputes the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -266,7 +266,7 @@ class Adam(torch.optim.Optimizer):
     def step(
         self, closure: Callable[[], torch.Tensor] | None = None
     ) -> torch.Tensor | None:
-        """Update every parameter that has a gradient; ``closure`` re-computes the loss."""
+        """Update each parameter with a gradient; ``closure`` recomputes the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -357,12 +357,14 @@ class Trainer:
     # ---- the training step -----------------------------------------------------------------
 
     def train_step(self, data: MicroBatchStream) -> None:
-        """One optimizer step: forward and backward on ``grad_accum_steps`` micro-batches, update.
+        """One optimizer step: forward and backward on ``grad_accum_steps``
+        micro-batches, then the update.
 
-        ``data.next()`` gives a micro-batch as ``loss_fn`` takes it, e.g. ``(inputs [B, T],
-        targets [B, T])`` for :func:`lm_loss`. Nothing here waits for the GPU except reading the
-        numbers back on logging steps (and, with fp16, the GradScaler's overflow check, unless
-        the optimizer is a fused one: ``AdamW(..., fused=True)``).
+        ``data.next()`` gives a micro-batch as ``loss_fn`` takes it, e.g.
+        ``(inputs [B, T], targets [B, T])`` for :func:`lm_loss`. Nothing here waits for
+        the GPU except reading the numbers back on logging steps (and, with fp16, the
+        GradScaler's overflow check, unless the optimizer is a fused one:
+        ``AdamW(..., fused=True)``).
         """
         accum, step = self.config.grad_accum_steps, self.step + 1
         for _ in range(accum):
@@ -373,8 +375,8 @@ class Trainer:
                 loss, metrics, n_tokens = call_loss_fn(
                     self.loss_fn, self.forward_model, batch
                 )
-            # backward() adds to .grad, so dividing each micro-batch loss by accum makes the sum
-            # the gradient of the mean loss: as if the micro-batches were one big batch.
+            # backward() adds to .grad, so dividing each micro-batch loss by accum
+            # makes the sum the gradient of the mean loss: one big batch.
             scaled_loss = loss / accum
             if (
                 self.scaler is not None
@@ -391,12 +393,12 @@ class Trainer:
         grad_norm = clip_gradients(self.optimizer, self.config.clip_grad_norm)
         self.recorder.end_step(step, grad_norm, lr=self.optimizer.param_groups[0]["lr"])
         if self.is_logging_step(step):
-            self._read_back_metrics()  # waits for the GPU; stops on NaN/inf before the update
+            self._read_back_metrics()  # waits for the GPU; stops on NaN/inf first
         if self.scaler is not None:
-            self.scaler.step(
-                self.optimizer
-            )  # skipped if the fp16 gradients overflowed ...
-            self.scaler.update()  # ... and then the scale shrinks (it grows after good steps)
+            # skipped if the fp16 gradients overflowed, and then the scale shrinks
+            # (it grows again after good steps)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
             self.optimizer.step()
         if self.scheduler is not None:

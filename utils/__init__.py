@@ -1,28 +1,58 @@
 """Helper library of the book *How Large Language Models Are Trained*.
 
-Each module has one job; importing :mod:`utils` itself stays cheap (no torch import) so that
-notebooks and tools can load the parts they need:
+Each module has one job; importing :mod:`utils` itself stays cheap (no torch import) so
+that notebooks and tools can load the parts they need. Every module, by job:
 
-- :mod:`utils.nb` — notebook conventions: profiles, parameter checks, seeding, device, report.
-- :mod:`utils.plotting` — the plotly renderer used by every chapter (static-site friendly).
-- :mod:`utils.data` — datasets: local directory, checksummed download, generated fallback
-  (:mod:`utils.corpus` generates the fallback).
-- :mod:`utils.attention`, :mod:`utils.models` — attention and the book's models;
-  :mod:`utils.attention_cost` — time and memory of explicit vs fused attention.
-- :mod:`utils.wordvec` — skip-gram word vectors with negative sampling, neighbours, analogies.
-- :mod:`utils.text` — tokenizers, vocabularies and batching (the torchtext-era pipeline).
-- :mod:`utils.train` — the training loop (``Trainer``: its core step reads in one sitting), built
-  on :mod:`utils.losses` (LM / classification losses, evaluation), :mod:`utils.metrics` (history,
-  device-side step metrics read only on logging steps), :mod:`utils.precision` (bf16 / fp16 +
-  GradScaler / fp32), :mod:`utils.checkpoint` (atomic save, RNG state, exact resume),
-  :mod:`utils.batches` (micro-batch stream, device moves) and :mod:`utils.checks`.
-- :mod:`utils.optim` — schedules and the teaching optimizers checked against ``torch.optim``.
-- :mod:`utils.pretrained` — offline loading of small pretrained models.
-- :mod:`utils.network` — one fast, bounded "is the network there?" check (data and models).
-- :mod:`utils.viz` — attention heatmaps, the explorer widget, bertviz without a CDN.
-- :mod:`utils.ngram` — count-based n-gram language models (MLE, add-k, Kneser–Ney).
-- :mod:`utils.compute` — training compute (6·N·D), published model sizes, the cost calculator.
-- :mod:`utils.provenance` — what produced a notebook's stored outputs (used by the executor).
+Book machinery (no ML)
+  - :mod:`utils.nb` — profiles, knobs and their checks, seeding, device, glue, report.
+  - :mod:`utils.plotting` — plotly figures that draw in the site, notebooks and nbval.
+  - :mod:`utils.listing` — show the library's own code in a chapter, as Python.
+  - :mod:`utils.progress` — progress bars for people, switched off for stored outputs.
+  - :mod:`utils.provenance` — what produced a notebook's stored outputs (the executor).
+  - :mod:`utils.network` — one fast, bounded "is the network there?" check.
+  - :mod:`utils.checks` — the one ``check_int`` / ``check_number`` and their policy.
+  - :mod:`utils.gpu_estimate` — a chapter's ``gpu`` profile: memory and time, estimated.
+
+Data and text
+  - :mod:`utils.data` — WikiText-2, IMDb, Tiny Shakespeare: local, download, fallback.
+  - :mod:`utils.corpus` — the generated fallback corpus (results not meaningful).
+  - :mod:`utils.text` — tokenizers, vocabularies, BPE, the batch-first ``batchify``.
+  - :mod:`utils.batches` — the trainer's micro-batch stream and device moves.
+
+Models
+  - :mod:`utils.attention` — attention, masks, multi-head attention, positions.
+  - :mod:`utils.models` — TransformerLM, TransformerClassifier, LSTMLM, ``mean_pool``.
+  - :mod:`utils.optim` — teaching optimizers, schedules, ``decay_groups``.
+  - :mod:`utils.decoding` — the one sampling loop, logit processing, prompts.
+
+Training (the trainer and its parts)
+  - :mod:`utils.train` — ``Trainer``: one training loop (its core step reads in one sitting).
+  - :mod:`utils.losses` — LM and classification losses, ``evaluate``.
+  - :mod:`utils.metrics` — history, device-side step metrics, throughput and MFU.
+  - :mod:`utils.precision` — bf16 / fp16 + GradScaler / fp32 and the autocast dtype.
+  - :mod:`utils.checkpoint` — atomic saves, RNG state and seeding, exact resume.
+
+Measurement
+  - :mod:`utils.compute` — FLOPs (one per-token count), time, memory, published models.
+  - :mod:`utils.scaling` — the ladder of model sizes, power-law fits, compute-optimal runs.
+  - :mod:`utils.attention_cost` — time and memory of explicit vs fused attention.
+  - :mod:`utils.benchmark` — several ways of doing the same work, timed side by side.
+  - :mod:`utils.textmetrics` — diversity, repetition, BLEU and QA scores of text.
+  - :mod:`utils.association` — association tests (WEAT) on embeddings.
+  - :mod:`utils.viz` — attention and training figures, the explorer, offline bertviz.
+
+Pretrained models (Hugging Face)
+  - :mod:`utils.pretrained` — offline-first loading: ``from_hub`` and the packaged models.
+  - :mod:`utils.finetune` — fine-tuning an encoder as a classifier.
+  - :mod:`utils.hub_tasks` — extractive QA and sequence-to-sequence hub models.
+  - :mod:`utils.search` — sentence embeddings, semantic search, clustering.
+  - :mod:`utils.export` — classifiers handed from chapter 5 to chapter 6.
+
+Used by one chapter
+  - :mod:`utils.ngram` — count-based n-gram language models (chapter 1).
+  - :mod:`utils.wordvec` — skip-gram word vectors with negative sampling (chapter 2).
+  - :mod:`utils.lm_recipes` — WikiText-2 recipes: the seed tutorial's and the book's (5.2).
+  - :mod:`utils.ddp` — data-parallel training with ``torch.distributed`` (5.6).
 """
 
 __version__ = "0.1.0"

@@ -74,8 +74,6 @@ from utils.checkpoint import (
 from utils.checkpoint import load as load_checkpoint_file
 from utils.checks import check_bool, check_int, check_positive_float
 from utils.losses import (
-    _exp_or_inf,  # noqa: F401  (importable from here, as before the split)
-    _unpack,  # noqa: F401
     call_loss_fn,
     classification_loss,
     evaluate,
@@ -92,10 +90,8 @@ from utils.metrics import (
     training_flops_per_token,
 )
 from utils.precision import (
-    AUTOCAST_DTYPES,
     PRECISIONS,
     autocast,
-    cuda_has_native_bf16,
     forget_unfinished_step,
     make_grad_scaler,
     resolve_precision,
@@ -593,19 +589,3 @@ class Trainer:
         if restore_rng:
             set_rng_state(checkpoint["rng"])
         return checkpoint
-
-
-# Private names from before the split into modules, still importable from here.
-_AUTOCAST_DTYPES, _cuda_has_native_bf16 = AUTOCAST_DTYPES, cuda_has_native_bf16
-_check_int, _check_positive_float, _check_bool = (
-    check_int,
-    check_positive_float,
-    check_bool,
-)
-_seed_everything, _rng_state, _set_rng_state = seed_rngs, rng_state, set_rng_state
-_save_atomically, _MicroBatches = save_atomically, MicroBatchStream
-_check_reiterable, _is_lm_loss, _call_loss_fn = (
-    check_reiterable,
-    is_lm_loss,
-    call_loss_fn,
-)

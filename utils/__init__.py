@@ -26,7 +26,7 @@ Models
   - :mod:`utils.decoding` — the one sampling loop, logit processing, prompts.
 
 Training (the trainer and its parts)
-  - :mod:`utils.train` — ``Trainer``: one training loop (its core step reads in one sitting).
+  - :mod:`utils.train` — ``Trainer``, the one training loop (its step reads in one sitting).
   - :mod:`utils.losses` — LM and classification losses, ``evaluate``.
   - :mod:`utils.metrics` — history, device-side step metrics, throughput and MFU.
   - :mod:`utils.precision` — bf16 / fp16 + GradScaler / fp32 and the autocast dtype.
@@ -34,7 +34,7 @@ Training (the trainer and its parts)
 
 Measurement
   - :mod:`utils.compute` — FLOPs (one per-token count), time, memory, published models.
-  - :mod:`utils.scaling` — the ladder of model sizes, power-law fits, compute-optimal runs.
+  - :mod:`utils.scaling` — the ladder of model sizes, power-law fits, compute-optimal.
   - :mod:`utils.attention_cost` — time and memory of explicit vs fused attention.
   - :mod:`utils.benchmark` — several ways of doing the same work, timed side by side.
   - :mod:`utils.textmetrics` — diversity, repetition, BLEU and QA scores of text.
@@ -42,7 +42,7 @@ Measurement
   - :mod:`utils.viz` — attention and training figures, the explorer, offline bertviz.
 
 Pretrained models (Hugging Face)
-  - :mod:`utils.pretrained` — offline-first loading: ``from_hub`` and the packaged models.
+  - :mod:`utils.pretrained` — offline-first ``from_hub`` and the packaged models.
   - :mod:`utils.finetune` — fine-tuning an encoder as a classifier.
   - :mod:`utils.hub_tasks` — extractive QA and sequence-to-sequence hub models.
   - :mod:`utils.search` — sentence embeddings, semantic search, clustering.
@@ -51,7 +51,7 @@ Pretrained models (Hugging Face)
 Used by one chapter
   - :mod:`utils.ngram` — count-based n-gram language models (chapter 1).
   - :mod:`utils.wordvec` — skip-gram word vectors with negative sampling (chapter 2).
-  - :mod:`utils.lm_recipes` — WikiText-2 recipes: the seed tutorial's and the book's (5.2).
+  - :mod:`utils.lm_recipes` — the seed tutorial's and the book's WikiText-2 recipes (5.2).
   - :mod:`utils.ddp` — data-parallel training with ``torch.distributed`` (5.6).
 """
 

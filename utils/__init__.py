@@ -26,7 +26,7 @@ Models
   - :mod:`utils.decoding` — the one sampling loop, logit processing, prompts.
 
 Training (the trainer and its parts)
-  - :mod:`utils.train` — ``Trainer``, the one training loop (its step reads in one sitting).
+  - :mod:`utils.train` — the one training loop, ``Trainer``.
   - :mod:`utils.losses` — LM and classification losses, ``evaluate``.
   - :mod:`utils.metrics` — history, device-side step metrics, throughput and MFU.
   - :mod:`utils.precision` — bf16 / fp16 + GradScaler / fp32 and the autocast dtype.
@@ -51,7 +51,7 @@ Pretrained models (Hugging Face)
 Used by one chapter
   - :mod:`utils.ngram` — count-based n-gram language models (chapter 1).
   - :mod:`utils.wordvec` — skip-gram word vectors with negative sampling (chapter 2).
-  - :mod:`utils.lm_recipes` — the seed tutorial's and the book's WikiText-2 recipes (5.2).
+  - :mod:`utils.lm_recipes` — the seed tutorial's and the book's recipes (5.2).
   - :mod:`utils.ddp` — data-parallel training with ``torch.distributed`` (5.6).
 """
 

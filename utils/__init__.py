@@ -24,6 +24,8 @@ Models
   - :mod:`utils.models` — TransformerLM, TransformerClassifier, LSTMLM, ``mean_pool``.
   - :mod:`utils.optim` — teaching optimizers, schedules, ``decay_groups``.
   - :mod:`utils.decoding` — the one sampling loop, logit processing, prompts.
+  - :mod:`utils.llama` — a Llama-style decoder, block by block (SmolLM2's shape).
+  - :mod:`utils.gguf_weights` — a Llama model's weights read from a GGUF file.
 
 Training (the trainer and its parts)
   - :mod:`utils.train` — the one training loop, ``Trainer``.

@@ -237,3 +237,26 @@ def test_outputs_show_no_machine_paths(notebook):
             text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
             hit = MACHINE_PATH.search(text)
             assert hit is None, (cell.get("id"), hit.group(0) if hit else None)
+
+
+def _draws_a_figure(cell) -> bool:
+    return any(
+        "llmbook-plotly" in "".join(out.get("data", {}).get("text/html", ""))
+        for out in cell.get("outputs", [])
+    )
+
+
+def test_figures_are_numbered_and_captioned(notebook):
+    """Every plotly figure is a numbered figure with a caption (cell metadata ``mystnb.figure``),
+    named ``fig-<chapter>-...`` so the prose can refer to it with ``{numref}``; the cell has no
+    other display output, which the figure would swallow."""
+    path, nb = notebook
+    prefix = "fig-" + path.stem.split("_")[0] + "-"
+    for cell in _code_cells(nb):
+        if not _draws_a_figure(cell):
+            continue
+        figure = cell.metadata.get("mystnb", {}).get("figure", {})
+        assert figure.get("caption", "").strip(), (cell.get("id"), "figure without a caption")
+        assert figure.get("name", "").startswith(prefix), (cell.get("id"), figure.get("name"))
+        displays = [o for o in cell.outputs if o.output_type in ("display_data", "execute_result")]
+        assert len(displays) == 1, (cell.get("id"), f"{len(displays)} display outputs")

@@ -51,7 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from site_check import ISOLATION_FLAGS  # tools/ is on sys.path: run as a script or by the tests
+from site_check import (
+    ISOLATION_FLAGS,  # tools/ is on sys.path: run as a script or by the tests
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

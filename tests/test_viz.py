@@ -117,7 +117,12 @@ def test_heatmap_has_tokens_weights_and_hover():
         assert list(axis.ticktext) == tokens
         assert list(axis.tickvals) == [0, 1, 2, 3, 4]
     assert fig.layout.yaxis.autorange == "reversed"  # first token at the top
-    assert (trace.zmin, trace.zmax) == (0.0, 1.0)
+    # colour scale from 0 to the largest weight shown (not 0..1: a long row is near 1/L)
+    assert trace.zmin == 0.0 and trace.zmax == pytest.approx(float(weights.max()))
+    fixed = viz.attention_heatmap(weights, tokens, zmax=1.0).data[0]
+    assert (fixed.zmin, fixed.zmax) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="zmax"):
+        viz.attention_heatmap(weights, tokens, zmax="max")
     assert fig.layout.title.text == "one head"
     # hover: query token, key token and weight of the hovered cell
     assert tuple(trace.customdata[3][1]) == ("the", "cat")

@@ -149,15 +149,22 @@ def attention_heatmap(
     *,
     colorscale: str = "Blues",
     zmin: float | None = 0.0,
-    zmax: float | None = 1.0,
+    zmax: float | str | None = "data",
 ) -> go.Figure:
     """Heatmap of one head's attention weights ``[L_q, L_k]``: row i = query token i.
 
     Tokens label both axes (query on y, read top to bottom; key on x). Positions, not token
     strings, are the axis values, so repeated tokens keep separate rows and columns. The colour
-    scale spans ``zmin..zmax`` (0..1 by default, the range of softmax weights; ``None`` = auto).
+    scale spans ``zmin..zmax``: from 0 to the largest weight shown by default (``"data"``), so a
+    head over 30 tokens, whose weights are mostly near 1/30, is not drawn almost white; pass
+    ``zmax=1.0`` to compare heads on the scale of probabilities, ``None`` for plotly's own range.
     """
     z = _to_numpy("weights", weights, ndim=2)
+    if isinstance(zmax, str):
+        if zmax != "data":
+            raise ValueError(f"zmax must be a number, None or 'data', got {zmax!r}")
+        finite = z[np.isfinite(z)]
+        zmax = float(finite.max()) if finite.size and finite.max() > (zmin or 0.0) else None
     tokens_q = _check_tokens("tokens_q", tokens_q, z.shape[0], "query")
     tokens_k = _check_tokens(
         "tokens_k", tokens_q if tokens_k is None else tokens_k, z.shape[1], "key"

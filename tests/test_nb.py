@@ -73,6 +73,20 @@ def test_seed_everything_makes_all_generators_repeat():
         nb.seed_everything(-1)
 
 
+def test_seed_everything_is_seed_rngs():
+    from utils import checkpoint
+
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    nb.seed_everything(2**32 - 1)
+    first = draw()
+    checkpoint.seed_rngs(2**32 - 1)
+    assert draw() == first
+    with pytest.raises(nb.ParameterError):
+        nb.seed_everything(2**32)
+
+
 def test_pick_device():
     assert nb.pick_device("cpu") == torch.device("cpu")
     assert nb.pick_device("auto").type in ("cpu", "cuda", "mps")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 import sys
 from collections.abc import Iterable, Sequence
 from importlib import metadata
@@ -159,18 +158,17 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
 
 
 def seed_everything(seed: int) -> int:
-    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device). Returns the seed."""
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device). Returns the seed.
+
+    The notebooks' front end: checks that ``seed`` is an int in ``0..2**32 - 1`` (a
+    :class:`ParameterError` otherwise), then calls :func:`utils.checkpoint.seed_rngs`, the
+    one seeding implementation.
+    """
     seed = check_int("seed", seed, min_value=0, max_value=2**32 - 1)
-    random.seed(seed)
-    try:
-        import numpy as np
+    # imported here: it imports torch, and `import utils.nb` stays cheap
+    from utils.checkpoint import seed_rngs
 
-        np.random.seed(seed)
-    except ImportError:  # numpy is optional for this function
-        pass
-    import torch
-
-    torch.manual_seed(seed)  # also seeds all CUDA devices
+    seed_rngs(seed)
     return seed
 
 

@@ -52,3 +52,20 @@ def test_a_scaler_can_start_afresh_after_an_interrupted_step():
         scaler.get_scale() == 8.0
     )  # the scale is kept (growth only after 2000 good steps)
     precision.forget_unfinished_step(None)  # no scaler (fp32, bf16): nothing to do
+
+
+def test_autocast_dtype_follows_resolve_precision():
+    cuda = torch.device("cuda")
+    assert precision.autocast_dtype("cpu") is None
+    assert precision.autocast_dtype("cpu", "bf16") is torch.bfloat16
+    assert precision.autocast_dtype(cuda, bf16_supported=True) is torch.bfloat16
+    assert precision.autocast_dtype(cuda, bf16_supported=False) is torch.float16
+    assert precision.autocast_dtype(cuda, "fp32", bf16_supported=True) is None
+    with pytest.raises(ValueError, match="native bf16"):
+        precision.autocast_dtype(cuda, "bf16", bf16_supported=False)
+
+
+def test_nb_autocast_dtype_is_the_precision_rule():
+    from utils import nb
+
+    assert nb.autocast_dtype("cpu") is precision.autocast_dtype("cpu") is None

@@ -213,16 +213,12 @@ def autocast_dtype(device) -> Any:
     """The mixed-precision dtype for ``device``: bf16 where supported, fp16 on older GPUs, else None.
 
     Colab's T4 has no bf16 tensor cores, so it gets fp16 (pair it with ``torch.amp.GradScaler``).
-    On the CPU we train in fp32: bf16 autocast there is slower on most laptops.
+    On the CPU we train in fp32: bf16 autocast there is slower on most laptops. The rule lives
+    in :func:`utils.precision.autocast_dtype` (``precision="auto"``).
     """
-    import torch
+    from utils.precision import autocast_dtype as _autocast_dtype  # imports torch
 
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    # including_emulation=False: recent torch reports bf16 "supported" on a T4 through slow emulation.
-    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.bfloat16 if bf16 else torch.float16
+    return _autocast_dtype(device)
 
 
 def in_colab() -> bool:

@@ -68,6 +68,20 @@ def resolve_precision(
     return precision
 
 
+def autocast_dtype(
+    device: torch.device | str,
+    precision: str = "auto",
+    bf16_supported: bool | None = None,
+) -> torch.dtype | None:
+    """The autocast dtype :func:`resolve_precision` picks on ``device``; ``None`` for fp32.
+
+    With ``precision="auto"``: ``torch.bfloat16`` on a CUDA GPU with native bf16, ``torch.float16``
+    on older GPUs (e.g. the T4; pair it with a ``GradScaler``), ``None`` elsewhere (the CPU
+    trains in fp32). The one rule; :func:`utils.nb.autocast_dtype` calls it.
+    """
+    return AUTOCAST_DTYPES.get(resolve_precision(precision, device, bf16_supported))
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The context the forward pass runs in: ``torch.autocast`` for bf16/fp16, nothing for fp32.
 

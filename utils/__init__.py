@@ -17,7 +17,7 @@ Data and text
   - :mod:`utils.data` — WikiText-2, IMDb, Tiny Shakespeare: local, download, fallback.
   - :mod:`utils.corpus` — the generated fallback corpus (results not meaningful).
   - :mod:`utils.text` — tokenizers, vocabularies, BPE, the batch-first ``batchify``.
-  - :mod:`utils.batches` — the trainer's micro-batch stream and device moves.
+  - :mod:`utils.batches` — the micro-batch stream, device moves, `model_device`, `eval_mode`.
 
 Models
   - :mod:`utils.attention` — attention, masks, multi-head attention, positions.

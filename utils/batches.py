@@ -9,15 +9,56 @@
    by reading and discarding them), so the order must be the same every time the object is
    re-created (``shuffle=False``, or a ``DataLoader`` with its own seeded ``generator=``).
 
-:func:`move_to_device` moves a (nested) batch of tensors to the training device.
+:func:`move_to_device` moves a (nested) batch of tensors to the training device,
+:func:`model_device` says which device a model is on, and :func:`eval_mode` runs a block with
+the model in eval mode and gives every submodule its own training flag back.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+
+def model_device(model: Any, default: torch.device | str | None = None) -> torch.device:
+    """The device of ``model``'s first parameter, else of its first buffer.
+
+    A model with neither (or an object with no ``parameters()``, e.g. a plain function) has no
+    device of its own: ``default`` is returned when given, otherwise a ``ValueError`` says so
+    (instead of the ``StopIteration`` of ``next(model.parameters())``).
+    """
+    for tensors in ("parameters", "buffers"):
+        first = next(iter(getattr(model, tensors, tuple)()), None)
+        if first is not None:
+            return first.device
+    if default is not None:
+        return torch.device(default)
+    raise ValueError(
+        f"{type(model).__name__} has no parameters or buffers, so it is on no device: "
+        "pass the device explicitly"
+    )
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the block with ``model`` in eval mode; afterwards every submodule gets its own flag back.
+
+    Restoring only the top module's flag (``model.train(was_training)``) would switch a
+    submodule that was deliberately kept in eval mode (a frozen encoder) back to training.
+    An object with no ``modules()`` (a plain function) is passed through unchanged.
+    """
+    modules = list(model.modules()) if hasattr(model, "modules") else []
+    modes = [(module, module.training) for module in modules]
+    if modules:
+        model.eval()
+    try:
+        yield model
+    finally:
+        for module, was_training in modes:
+            module.training = was_training
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from utils.batches import eval_mode, model_device
 from utils.checks import check_int
 from utils.losses import logits_of
 from utils.models import filter_logits
@@ -420,13 +421,6 @@ class Generation:
         )
 
 
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def generate(
     model: Any,
@@ -476,7 +470,7 @@ def generate(
             f"context of {context} tokens: ask for fewer new tokens"
         )
     ids, dropped = truncate_prompt(prompt_ids, room)
-    ids = ids.to(_model_device(model))
+    ids = ids.to(model_device(model, default="cpu"))  # a bare function: CPU
     prompt_length = ids.shape[1]
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     settings = dict(
@@ -488,9 +482,7 @@ def generate(
         generator=generator,
     )
 
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
+    with eval_mode(model):
         cache = None
         for step in range(max_new_tokens):
             if cached:
@@ -511,6 +503,4 @@ def generate(
             ids = torch.cat([ids, chosen], dim=1)
             if stop and bool(finished.all()):
                 break
-    finally:
-        model.train(was_training)
     return Generation(ids.cpu(), prompt_length, finished.cpu(), dropped, context, room)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from utils.batches import move_to_device
+from utils.batches import eval_mode, model_device, move_to_device
 from utils.checks import check_min_int
 from utils.models import mean_pool  # the one masked mean pooling (re-exported here)
 from utils.network import network_available
@@ -290,17 +290,14 @@ def _per_row(
 ) -> torch.Tensor:
     """``compute(module, inputs) -> [B, ...]`` over batches ``(inputs, labels, rows)``, stacked in
     the examples' original order (CPU, float32); eval mode during the loop, the mode restored."""
-    device = device if device is not None else next(module.parameters()).device
-    was_training, done = module.training, {}
-    module.eval()
-    try:
+    device = device if device is not None else model_device(module)
+    done = {}
+    with eval_mode(module):
         for batch in batches:
             if len(batch) != 3:
                 raise TypeError(f"{caller} needs batches (inputs, labels, rows)")
             out = compute(module, move_to_device(_unpack(batch)[0], device))
             done.update(zip(batch[2], out.float().cpu(), strict=True))
-    finally:
-        module.train(was_training)
     if sorted(done) != list(range(len(done))):
         raise ValueError("the batches' rows are not 0..N-1 each exactly once")
     return torch.stack([done[i] for i in range(len(done))])

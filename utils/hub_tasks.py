@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from utils.batches import model_device
 from utils.pretrained import OFFLINE_MODELS, from_hub
 
 __all__ = [
@@ -143,7 +144,7 @@ def extractive_answer(
     truncated = len(enc["input_ids"]) > 1  # more than one window: the passage was cut
     offsets = enc["offset_mapping"][0]
     sequence_ids = enc.sequence_ids(0)  # None (special), 0 (question), 1 (passage)
-    device = next(model.parameters()).device
+    device = model_device(model)
     names = [
         k for k in tokenizer.model_input_names if k in enc
     ]  # DistilBERT: no token types
@@ -181,7 +182,7 @@ def seq2seq_generate(
     full = tokenizer(text, return_tensors="pt")["input_ids"]
     truncated = full.shape[1] > max_length
     enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
-    device = next(model.parameters()).device
+    device = model_device(model)
     inputs = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
     out = model.generate(
         **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from utils.batches import move_to_device
+from utils.batches import eval_mode, model_device, move_to_device
 from utils.checks import check_int
 from utils.metrics import read_scalars
 
@@ -207,11 +207,8 @@ def evaluate(
     """
     check_int("max_batches", max_batches, 1, optional=True)
     if device is None:
-        first = next(iter(model.parameters()), None)
-        device = first.device if first is not None else torch.device("cpu")
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+        device = model_device(model, default="cpu")
+    with eval_mode(model):
         n_batches, loss_sum, total, metric_sums = 0, 0.0, 0, {}
         for batch in batches:
             if max_batches is not None and n_batches >= max_batches:
@@ -226,9 +223,6 @@ def evaluate(
             for name, value in metrics.items():
                 metric_sums[name] = metric_sums.get(name, 0.0) + value * n_tokens
             n_batches += 1
-    finally:
-        for module, was_training in modes.items():
-            module.training = was_training
     if n_batches == 0:
         raise ValueError("evaluate: batches is empty")
     loss_sum, total, *sums = read_scalars([loss_sum, total, *metric_sums.values()])

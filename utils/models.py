@@ -26,6 +26,7 @@ from utils.attention import (
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
 )
+from utils.batches import eval_mode
 from utils.checks import check_min_int
 
 __all__ = [
@@ -396,9 +397,7 @@ class TransformerLM(nn.Module):
             temperature, top_k, top_p
         )  # the rules of utils.decoding.generate
 
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             for _ in range(max_new_tokens):
                 context = idx[:, -self.max_len :]
                 logits = self(context)[:, -1, :].float()  # (B, V); sample in fp32
@@ -411,8 +410,6 @@ class TransformerLM(nn.Module):
                         probs, num_samples=1, generator=generator
                     )
                 idx = torch.cat([idx, next_id], dim=1)
-        finally:
-            self.train(was_training)
         return idx
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from utils.batches import eval_mode, model_device
 from utils.checks import check_min_int
 from utils.models import mean_pool  # the one masked mean pooling (re-exported here)
 
@@ -62,13 +63,11 @@ def embed_texts(
             raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
     check_min_int("batch_size", batch_size)
     check_min_int("max_length", max_length)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     starts = range(0, len(order), batch_size)
     out = torch.empty(len(texts), model.config.hidden_size)
-    try:
+    with eval_mode(model):
         for start in progress(starts) if progress is not None else starts:
             rows = order[start : start + batch_size]
             batch = tokenizer(
@@ -81,8 +80,6 @@ def embed_texts(
             hidden = model(**batch).last_hidden_state
             pooled = mean_pool(hidden, batch["attention_mask"])
             out[rows] = F.normalize(pooled, dim=-1).float().cpu()
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -37,6 +37,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from .batches import eval_mode, model_device
 from .plotting import plotly_source
 
 DEFAULT_VENDOR_URL = "../_static/vendor"
@@ -164,7 +165,11 @@ def attention_heatmap(
         if zmax != "data":
             raise ValueError(f"zmax must be a number, None or 'data', got {zmax!r}")
         finite = z[np.isfinite(z)]
-        zmax = float(finite.max()) if finite.size and finite.max() > (zmin or 0.0) else None
+        zmax = (
+            float(finite.max())
+            if finite.size and finite.max() > (zmin or 0.0)
+            else None
+        )
     tokens_q = _check_tokens("tokens_q", tokens_q, z.shape[0], "query")
     tokens_k = _check_tokens(
         "tokens_k", tokens_q if tokens_k is None else tokens_k, z.shape[1], "key"
@@ -348,11 +353,6 @@ class EmptyTextError(ValueError):
     """The text to analyse is empty (or tokenizes to nothing)."""
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 def _hf_max_len(model: Any, tokenizer: Any) -> int | None:
     limits = []
     model_max = getattr(tokenizer, "model_max_length", None)
@@ -426,15 +426,10 @@ def attention_for_text(
             "The text is empty: type a sentence to see its attention weights."
         )
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if hf_mode:
-                return _hf_attention(model, tokenizer, text, max_len)
-            return _book_attention(model, encode, decode_tokens, text, max_len)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        if hf_mode:
+            return _hf_attention(model, tokenizer, text, max_len)
+        return _book_attention(model, encode, decode_tokens, text, max_len)
 
 
 def _book_attention(model, encode, decode_tokens, text, max_len):
@@ -447,7 +442,9 @@ def _book_attention(model, encode, decode_tokens, text, max_len):
     truncated = max_len is not None and len(ids) > max_len
     if truncated:
         ids = ids[:max_len]
-    idx = torch.tensor([ids], dtype=torch.long, device=_model_device(model))
+    idx = torch.tensor(
+        [ids], dtype=torch.long, device=model_device(model, default="cpu")
+    )
     output = model(idx, return_attention=True)
     if not isinstance(output, tuple) or len(output) != 2:
         raise RuntimeError(
@@ -478,7 +475,7 @@ def _hf_attention(model, tokenizer, text, max_len):
     truncated = max_len is not None and full_length > max_len
     batch = tokenizer(
         text, return_tensors="pt", truncation=max_len is not None, max_length=max_len
-    ).to(_model_device(model))
+    ).to(model_device(model, default="cpu"))
     output = model(**batch, output_attentions=True)
     attentions = _stack_attentions(getattr(output, "attentions", None))
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())

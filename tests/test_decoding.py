@@ -405,3 +405,21 @@ def test_empty_inputs_of_the_hub_task_helpers():
         hub_tasks.extractive_answer(None, None, "why?", "")
     with pytest.raises(ValueError, match="text is empty"):
         hub_tasks.seq2seq_generate(None, None, "  ")
+
+
+def test_context_length_is_the_smaller_of_model_and_tokenizer():
+    from types import SimpleNamespace
+
+    from utils import viz
+
+    hf = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    short = SimpleNamespace(model_max_length=128)
+    unlimited = SimpleNamespace(model_max_length=int(1e30))
+    assert decoding.context_length(hf) == 512
+    assert decoding.context_length(hf, short) == 128
+    assert decoding.context_length(hf, unlimited) == 512
+    assert decoding.context_length(SimpleNamespace(), short) == 128
+    assert viz._hf_max_len(hf, short) == decoding.context_length(hf, short)
+    assert viz._hf_max_len(SimpleNamespace(), unlimited) is None
+    with pytest.raises(TypeError, match="context length"):
+        decoding.context_length(SimpleNamespace(), unlimited)

@@ -234,15 +234,27 @@ def next_tokens(
 # --------------------------------------------------------------------------------------------
 
 
-def context_length(model: Any) -> int:
-    """The most tokens ``model`` can read at once: ``model.max_len`` (the book's models) or
-    ``model.config.max_position_embeddings`` (Hugging Face causal LMs)."""
+def context_length(model: Any, tokenizer: Any = None) -> int:
+    """The most tokens ``model`` can read at once, the one rule of the library.
+
+    The model's limit is ``model.max_len`` (the book's models) or
+    ``model.config.max_position_embeddings`` (Hugging Face). The tokenizer's is its
+    ``model_max_length`` (ignored when absent, not positive or a huge "no limit" sentinel).
+    With both, the smaller one; with one, that one; with neither, a ``TypeError``.
+    """
+    limits = []
     if isinstance(getattr(model, "max_len", None), int):
-        return model.max_len
-    config = getattr(model, "config", None)
-    length = getattr(config, "max_position_embeddings", None)
-    if isinstance(length, int):
-        return length
+        limits.append(model.max_len)
+    else:
+        config = getattr(model, "config", None)
+        length = getattr(config, "max_position_embeddings", None)
+        if isinstance(length, int) and length > 0:
+            limits.append(length)
+    tokenizer_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 1_000_000:
+        limits.append(tokenizer_max)
+    if limits:
+        return min(limits)
     raise TypeError(
         f"cannot tell the context length of {type(model).__name__}: expected a 'max_len' "
         "attribute (the book's TransformerLM) or config.max_position_embeddings (Hugging Face); "

@@ -354,16 +354,13 @@ class EmptyTextError(ValueError):
 
 
 def _hf_max_len(model: Any, tokenizer: Any) -> int | None:
-    limits = []
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if (
-        isinstance(model_max, int) and 0 < model_max < 1_000_000
-    ):  # huge = "no limit" sentinel
-        limits.append(model_max)
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        limits.append(positions)
-    return min(limits) if limits else None
+    """:func:`utils.decoding.context_length`, or ``None`` when neither side has a limit."""
+    from .decoding import context_length
+
+    try:
+        return context_length(model, tokenizer)
+    except TypeError:
+        return None
 
 
 def _stack_attentions(attentions: Any) -> torch.Tensor:

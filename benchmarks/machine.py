@@ -7,11 +7,18 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runs from a checkout without installing it
+    sys.path.insert(0, str(REPO))
+
+from utils.benchmark import synchronize  # noqa: E402  (re-exported for the benchmarks)
+
+__all__ = ["cpu_model", "machine_info", "synchronize", "write_report"]
 
 
 def cpu_model() -> str:
@@ -22,12 +29,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued kernels (a no-op on the CPU), so a timer sees them."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def machine_info(device: torch.device) -> dict:

@@ -49,3 +49,26 @@ def test_bad_ratio_inputs():
         medians({"a": []})
     with pytest.raises(ValueError, match="divide"):
         time_ratios({"a": [0.0], "b": [1.0]}, "a")
+
+
+def test_one_synchronize_and_one_time_calls():
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from utils import attention_cost, benchmark, ddp, lm_recipes
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import machine
+
+    assert attention_cost.time_calls is benchmark.time_calls
+    assert ddp._sync is lm_recipes.synchronize is benchmark.synchronize
+    assert machine.synchronize is benchmark.synchronize
+    benchmark.synchronize("cpu")  # a no-op off CUDA
+    benchmark.synchronize(torch.device("cpu"))
+    calls = []
+    times = benchmark.time_calls(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(times) == 3 and len(calls) == 5 and all(t >= 0 for t in times)
+    with pytest.raises(TypeError, match="not callable"):
+        benchmark.time_calls(None)

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from utils.benchmark import synchronize as _synchronize
+from utils.benchmark import time_calls  # re-exported: attention_cost.time_calls
 from utils.checks import check_min_int
 
 __all__ = [
@@ -136,33 +138,6 @@ def score_bytes(
 # --------------------------------------------------------------------------------------------------
 # Measuring one call
 # --------------------------------------------------------------------------------------------------
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(
-    fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, device="cpu"
-) -> list[float]:
-    """Run ``fn()`` ``warmup`` times untimed, then ``repeats`` times; return seconds per call.
-
-    On CUDA the device is synchronised before and after each call, so a time covers the kernels.
-    """
-    check_min_int("repeats", repeats)
-    check_min_int("warmup", warmup, minimum=0)
-    device = torch.device(device)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 @contextlib.contextmanager

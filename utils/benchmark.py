@@ -23,12 +23,31 @@ import torch
 
 from utils.checks import check_min_int
 
-__all__ = ["interleaved_times", "medians", "time_ratios"]
+__all__ = ["interleaved_times", "medians", "synchronize", "time_calls", "time_ratios"]
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: str | torch.device) -> None:
+    """Wait for ``device``'s queued kernels (a no-op off CUDA), so that a timer sees them.
+
+    The library's one copy: timing code in ``utils`` and ``benchmarks/`` calls it.
+    """
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_calls(
+    fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1, device="cpu"
+) -> list[float]:
+    """Run ``fn()`` ``warmup`` times untimed, then ``repeats`` times; return seconds per call.
+
+    On CUDA the device is synchronised before and after each call, so a time covers the kernels.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn is not callable: {fn!r}")
+    return interleaved_times({"fn": fn}, repeats=repeats, warmup=warmup, device=device)[
+        "fn"
+    ]
 
 
 def interleaved_times(
@@ -57,10 +76,10 @@ def interleaved_times(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            _synchronize(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return times
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from utils import decoding, text
 from utils.attention import SinusoidalPositionalEncoding
+from utils.benchmark import synchronize
 from utils.checks import check_min_int
 from utils.losses import evaluate, lm_loss
 from utils.models import LSTMLM, TransformerLM, reading_is_free
@@ -517,8 +518,7 @@ def seconds_per_step(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
+        synchronize(trainer.device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]

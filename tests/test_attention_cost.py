@@ -69,15 +69,16 @@ def test_peak_memory_explicit_holds_two_score_matrices_fused_does_not():
     assert fused < scores / 4
 
 
-def test_fit_power_law_and_budget_crossing():
+def test_loglog_slope_and_budget_crossing():
+    assert ac.fit_power_law is ac.loglog_slope  # the old name, used by chapter 3b
     xs = [64, 128, 256, 512]
-    slope, c = ac.fit_power_law(xs, [3.0 * x**2 for x in xs])
+    slope, c = ac.loglog_slope(xs, [3.0 * x**2 for x in xs])
     assert slope == pytest.approx(2.0) and c == pytest.approx(3.0)
     assert ac.budget_crossing(slope, c, 3.0 * 1000**2) == pytest.approx(1000)
     with pytest.raises(ValueError, match="two distinct"):
-        ac.fit_power_law([1, 1], [2, 3])
+        ac.loglog_slope([1, 1], [2, 3])
     with pytest.raises(ValueError, match="positive"):
-        ac.fit_power_law([1, 2], [0, 3])
+        ac.loglog_slope([1, 2], [0, 3])
     with pytest.raises(ValueError):
         ac.budget_crossing(0.0, 1.0, 1.0)
 

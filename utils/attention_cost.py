@@ -15,7 +15,7 @@ The pieces:
   GPU; the PyTorch profiler's allocation events on a CPU).
 - :func:`measure`: runs several implementations **side by side** (interleaved, per length) over a
   list of sequence lengths and returns one :class:`CostPoint` per (implementation, length).
-- :func:`fit_power_law`, :func:`budget_crossing`: the log-log slope of a cost curve, and where a
+- :func:`loglog_slope` (old name :func:`fit_power_law`), :func:`budget_crossing`: the log-log slope of a cost curve, and where a
   fitted curve crosses a budget.
 - :func:`sdpa_backend_functions`: fused SDPA pinned to one backend each (FlashAttention,
   memory-efficient, math), for comparing backends on a GPU.
@@ -48,6 +48,7 @@ __all__ = [
     "budget_crossing",
     "explicit_attention",
     "fit_power_law",
+    "loglog_slope",
     "fused_attention",
     "measure",
     "peak_memory_bytes",
@@ -372,7 +373,7 @@ def measure(
     return points
 
 
-def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """Least-squares fit of ``y = c · x^slope`` on log-log axes; returns ``(slope, c)``.
 
     Needs at least two distinct positive ``x`` and positive ``y``.
@@ -383,10 +384,10 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]
             f"x and y must have the same length, got {len(xs)} and {len(ys)}"
         )
     if len(set(xs)) < 2:
-        raise ValueError("fit_power_law needs at least two distinct x values")
+        raise ValueError("loglog_slope needs at least two distinct x values")
     if min(xs) <= 0 or min(ys) <= 0:
         raise ValueError(
-            "fit_power_law needs positive x and y (it fits on log-log axes)"
+            "loglog_slope needs positive x and y (it fits on log-log axes)"
         )
     lx, ly = [math.log(a) for a in xs], [math.log(b) for b in ys]
     mx, my = statistics.fmean(lx), statistics.fmean(ly)
@@ -394,6 +395,10 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]
         (a - mx) ** 2 for a in lx
     )
     return slope, math.exp(my - slope * mx)
+
+
+# The old name, kept for chapter 3b; not :func:`utils.scaling.fit_power_law` (a·x^−α + c).
+fit_power_law = loglog_slope
 
 
 def budget_crossing(slope: float, coefficient: float, budget: float) -> float:

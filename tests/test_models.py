@@ -499,3 +499,25 @@ def test_mean_pool_is_one_function_with_one_all_padding_policy():
     with torch.no_grad():
         with pytest.raises(ValueError, match="only padding"):
             model(torch.tensor([[0, 0, 0, 0], [5, 6, 7, 8]]))
+
+
+def test_features_is_forward_without_the_head():
+    from utils import lm_recipes
+
+    torch.manual_seed(0)
+    for pos in ("learned", "sinusoidal", "rope"):
+        lm = TransformerLM(13, 8, 2, 2, max_len=6, pos_encoding=pos).eval()
+        idx = torch.randint(0, 13, (2, 5))
+        h = lm.features(idx)
+        assert h.shape == (2, 5, 8)
+        torch.testing.assert_close(lm(idx), lm.lm_head(h))
+        _, attn = lm.features(idx, return_attention=True)
+        assert len(attn) == 2 and attn[0].shape == (2, 2, 5, 5)
+        with pytest.raises(ValueError):
+            lm.features(torch.randint(0, 13, (1, 7)))  # longer than max_len
+        adaptive = lm_recipes.AdaptiveTransformerLM(
+            13, [4, 8], 8, 2, 1, max_len=6, pos_encoding=pos
+        ).eval()
+        out = adaptive(idx)
+        assert out.shape == (2, 5, 13)
+        torch.testing.assert_close(adaptive.features(idx), adaptive.trunk.features(idx))

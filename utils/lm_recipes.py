@@ -335,10 +335,17 @@ class AdaptiveTransformerLM(_AdaptiveLM):
         n_layers: int,
         max_len: int,
         dropout: float = 0.1,
+        pos_encoding: str = "learned",
     ) -> None:
         super().__init__()
         self.trunk = TransformerLM(
-            vocab_size, d_model, n_heads, n_layers, max_len=max_len, dropout=dropout
+            vocab_size,
+            d_model,
+            n_heads,
+            n_layers,
+            max_len=max_len,
+            dropout=dropout,
+            pos_encoding=pos_encoding,
         )
         self.softmax = TiedAdaptiveSoftmax(d_model, vocab_size, cutoffs)
 
@@ -347,13 +354,8 @@ class AdaptiveTransformerLM(_AdaptiveLM):
         return self.trunk.token_embedding.weight
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
-        trunk = (
-            self.trunk
-        )  # TransformerLM.forward up to (not including) its output layer
-        x = trunk.drop(trunk.position_embedding(trunk.token_embedding(idx)))
-        for block in trunk.blocks:
-            x, _ = block(x, is_causal=True)
-        return trunk.ln_f(x)
+        # TransformerLM.forward up to (not including) its output layer
+        return self.trunk.features(idx)
 
 
 class AdaptiveLSTMLM(_AdaptiveLM):

@@ -357,6 +357,20 @@ class TransformerLM(nn.Module):
         With ``return_attention=True`` returns ``(logits, attentions)``, ``attentions`` a list of
         ``n_layers`` tensors ``(B, H, L, L)`` whose rows sum to 1 (and are 0 above the diagonal).
         """
+        if return_attention:
+            h, attentions = self.features(idx, return_attention=True)
+            return self.lm_head(h), attentions  # (B, L, V), [(B, H, L, L)] * n_layers
+        return self.lm_head(self.features(idx))  # (B, L, V)
+
+    def features(
+        self, idx: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The trunk without the head: ``idx (B, L)`` -> the final-LayerNorm states ``(B, L, d)``.
+
+        What :meth:`forward` feeds to ``lm_head`` (and what a different head, e.g. an adaptive
+        softmax, reads). Checks the ids; positions as ``pos_encoding`` says (rotary ones inside
+        the blocks). With ``return_attention=True`` returns ``(states, attentions)``.
+        """
         _check_ids(idx, self.vocab_size, self.max_len)
         x = self.token_embedding(idx)  # (B, L, d_model)
         if self.position_embedding is not None:
@@ -366,8 +380,8 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             x, weights = block(x, need_weights=return_attention, is_causal=True)
             attentions.append(weights)
-        logits = self.lm_head(self.ln_f(x))  # (B, L, V)
-        return (logits, attentions) if return_attention else logits
+        x = self.ln_f(x)
+        return (x, attentions) if return_attention else x
 
     @torch.no_grad()
     def generate(

@@ -33,6 +33,7 @@ Training (the trainer and its parts)
   - :mod:`utils.metrics` — history, device-side step metrics, throughput and MFU.
   - :mod:`utils.precision` — bf16 / fp16 + GradScaler / fp32 and the autocast dtype.
   - :mod:`utils.checkpoint` — atomic saves, RNG state and seeding, exact resume.
+  - :mod:`utils.atomic` — the one atomic write (a temporary beside it, then a rename).
 
 Measurement
   - :mod:`utils.compute` — FLOPs (one per-token count), time, memory, published models.

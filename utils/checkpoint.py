@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.atomic import atomic_path
+
 CHECKPOINT_FORMAT = 1  # stored in every file; bump it when the layout changes
 
 
@@ -75,15 +77,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_atomically(obj: dict[str, Any], path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file, then rename it: a crash leaves the old file or the new."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp_path = f"{path}.tmp.{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp_path:  # os.replace: atomic on POSIX and Windows
         torch.save(obj, tmp_path)
-        os.replace(tmp_path, path)  # atomic on POSIX and Windows
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import os
 import re
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -36,6 +35,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import corpus
+from .atomic import atomic_path
 from .network import (
     OFFLINE_ENV as OFFLINE_ENV,
 )  # re-exported: the variable the loaders honour
@@ -206,22 +206,16 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` atomically (a temporary file, then rename), with a progress bar."""
     from .progress import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with (
-            urllib.request.urlopen(url, timeout=timeout) as resp,
-            os.fdopen(fd, "wb") as out,
-        ):
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                while block := resp.read(1 << 16):
-                    out.write(block)
-                    bar.update(len(block))
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with (
+        atomic_path(dest) as tmp,
+        urllib.request.urlopen(url, timeout=timeout) as resp,
+        open(tmp, "wb") as out,
+    ):
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            while block := resp.read(1 << 16):
+                out.write(block)
+                bar.update(len(block))
     return dest
 
 
@@ -361,15 +355,15 @@ def imdb_rows_from_tarball(tar_path: Path) -> list[dict]:
 
 def write_imdb_csv(rows: list[dict], dest: Path) -> Path:
     """Write rows as the gzipped csv (``split,label,id,rating,text``) the loader reads."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["split", "label", "id", "rating", "text"])
     writer.writeheader()
     writer.writerows(rows)
-    tmp = dest.with_suffix(".part")
-    with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
+    with (
+        atomic_path(dest) as tmp,
+        gzip.open(tmp, "wt", encoding="utf-8", newline="") as f,
+    ):
         f.write(buf.getvalue())
-    os.replace(tmp, dest)
     return dest
 
 

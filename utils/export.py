@@ -15,8 +15,6 @@ name and renamed into place, so a reader running at the same time never sees hal
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import torch
 
+from utils.atomic import atomic_path
 from utils.finetune import cut_head_tail  # the cut 5.4 trains with; 5.1 uses it too
 
 __all__ = [
@@ -61,16 +60,9 @@ def clean_review(review: str) -> str:
 def _write_atomically(folder: Path, write) -> Path:
     """Call ``write(tmp_folder)``, then move the finished folder to ``folder``."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
         write(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

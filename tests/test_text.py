@@ -538,3 +538,12 @@ def test_tokens_to_ids_flattens_lines_and_adds_eos():
         tokens_to_ids(lines, tokenizer, v, eos="</s>")
     with pytest.raises(OutOfVocabularyError):
         tokens_to_ids(["unseen words"], tokenizer, v)
+
+
+def test_text_uses_the_one_check_int():
+    from utils import checks, text
+
+    assert not hasattr(text, "_check_int")
+    assert text.check_int is checks.check_int
+    with pytest.raises(TypeError, match="min_freq must be an int, got str"):
+        text.build_vocab_from_iterator([["a"]], min_freq="2")

@@ -173,13 +173,6 @@ def _check_token(token: object, name: str = "token") -> str:
     return token
 
 
-def _check_int(value: object, name: str) -> int:
-    # bool is an int subclass; vocab[True] is almost surely a bug.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
-    return value
-
-
 class Vocab:
     """A token <-> index mapping with torchtext 0.18's ``Vocab`` interface.
 
@@ -243,7 +236,7 @@ class Vocab:
 
     def lookup_token(self, index: int) -> str:
         """The token at ``index`` (``0 <= index < len(vocab)``; negative indices are rejected)."""
-        _check_int(index, "index")
+        check_int("index", index)
         if not 0 <= index < len(self._itos):
             raise VocabIndexError(
                 f"index {index} is out of range for a vocabulary of size {len(self._itos)} "
@@ -270,7 +263,7 @@ class Vocab:
     def set_default_index(self, index: int | None) -> None:
         """Index returned for unknown tokens; ``None`` makes unknown tokens an error again."""
         if index is not None:
-            _check_int(index, "index")
+            check_int("index", index)
         self._default_index = index
 
     def get_default_index(self) -> int | None:
@@ -286,7 +279,7 @@ class Vocab:
         the model or re-set it.
         """
         _check_token(token)
-        _check_int(index, "index")
+        check_int("index", index)
         if not 0 <= index <= len(self._itos):
             raise VocabIndexError(
                 f"insert index {index} is out of range for a vocabulary of size "
@@ -329,7 +322,7 @@ def _check_specials(specials: Sequence[str] | None) -> list[str]:
 
 
 def _check_min_freq(min_freq: int) -> int:
-    _check_int(min_freq, "min_freq")
+    check_int("min_freq", min_freq)
     if min_freq < 1:
         raise ValueError(f"min_freq must be >= 1, got {min_freq}")
     return min_freq
@@ -392,7 +385,7 @@ def build_vocab_from_iterator(
     _check_min_freq(min_freq)
     specials = _check_specials(specials)
     if max_tokens is not None:
-        _check_int(max_tokens, "max_tokens")
+        check_int("max_tokens", max_tokens)
         if max_tokens <= len(specials):
             raise ValueError(
                 f"max_tokens={max_tokens} must be greater than len(specials)={len(specials)}, "
@@ -478,14 +471,14 @@ def train_bpe_tokenizer(
             f"special_tokens must be a sequence of str, not one str {special_tokens!r}"
         )
     special_tokens = _check_specials(special_tokens)
-    _check_int(vocab_size, "vocab_size")
+    check_int("vocab_size", vocab_size)
     smallest = _BYTE_ALPHABET_SIZE + len(special_tokens)
     if vocab_size < smallest:
         raise ValueError(
             f"vocab_size must be >= {smallest} (256 byte symbols + {len(special_tokens)} special "
             f"tokens), got {vocab_size}"
         )
-    _check_int(min_frequency, "min_frequency")
+    check_int("min_frequency", min_frequency)
     if min_frequency < 1:
         raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
 
@@ -586,7 +579,7 @@ class CharTokenizer:
             ids = ids.tolist()
         chars = []
         for index in ids:
-            _check_int(index, "each id")
+            check_int("each id", index)
             if not 0 <= index < len(self.itos):
                 raise ValueError(
                     f"id {index} is out of range 0 .. {len(self.itos) - 1}"
@@ -649,7 +642,7 @@ def pad_collate(
         raise TypeError(f"batch must be a list of examples, got {type(batch).__name__}")
     if len(batch) == 0:
         raise ValueError("batch is empty")
-    _check_int(pad_idx, "pad_idx")
+    check_int("pad_idx", pad_idx)
     # An example is an (ids, label) pair when its first element is itself a sequence; a plain
     # id list such as [4, 7] starts with an int, so it is not mistaken for a pair.
     first = batch[0]
@@ -723,15 +716,15 @@ class BucketBatchSampler(Sampler[list[int]]):
                 raise ValueError(
                     f"lengths[{position}] must be a non-negative int, got {length!r}"
                 )
-        _check_int(batch_size, "batch_size")
+        check_int("batch_size", batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        _check_int(bucket_size_multiplier, "bucket_size_multiplier")
+        check_int("bucket_size_multiplier", bucket_size_multiplier)
         if bucket_size_multiplier < 1:
             raise ValueError(
                 f"bucket_size_multiplier must be >= 1, got {bucket_size_multiplier}"
             )
-        _check_int(seed, "seed")
+        check_int("seed", seed)
         self.lengths = lengths
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
@@ -742,7 +735,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle of ``epoch`` (call before each epoch, as with DistributedSampler)."""
-        _check_int(epoch, "epoch")
+        check_int("epoch", epoch)
         self.epoch = epoch
 
     def __len__(self) -> int:

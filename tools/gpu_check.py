@@ -105,7 +105,9 @@ VALID_SLICE_BYTES = 200_000
 T4_TOTAL_BYTES = 15_828_320_256
 T4_CONTEXT_BYTES = int(0.4 * 2**30)
 T4_MEMORY_GIB = round((T4_TOTAL_BYTES - T4_CONTEXT_BYTES) / 2**30, 2)
-WIKITEXT2_VOCAB = 33_278  # WikiText-2's vocabulary: the gpu profile's LM heads have this many rows
+WIKITEXT2_VOCAB = (
+    33_278  # WikiText-2's vocabulary: the gpu profile's LM heads have this many rows
+)
 MODES = ("native", "t4")
 MUST_NOT_IMPORT = ("plotly", "ipywidgets", "IPython")  # absent on the GPU machine
 
@@ -204,7 +206,9 @@ def _data_source(source: str | None) -> Path | None:
         if (path / "wikitext-2" / "train.txt").is_file():
             return path
         if source:
-            raise FileNotFoundError(f"{path / 'wikitext-2' / 'train.txt'} does not exist")
+            raise FileNotFoundError(
+                f"{path / 'wikitext-2' / 'train.txt'} does not exist"
+            )
     return None
 
 
@@ -218,7 +222,9 @@ def _check_not_tracked(dest: Path) -> None:
     if not (ROOT / ".git").exists():
         return
     probe = subprocess.run(
-        ["git", "check-ignore", "-q", str(dest / "MANIFEST.json")], cwd=ROOT, capture_output=True
+        ["git", "check-ignore", "-q", str(dest / "MANIFEST.json")],
+        cwd=ROOT,
+        capture_output=True,
     )
     if probe.returncode != 0:
         raise ValueError(
@@ -259,13 +265,24 @@ def prepare(
         from utils import corpus
 
         for split, seed in (("train", 1), ("valid", 2)):
-            text = "\n".join(corpus.wikitext_like(400 if split == "train" else 80, seed)) + "\n"
-            slices[split] = (text.encode(), "generated: utils.corpus.wikitext_like", None)
+            text = (
+                "\n".join(corpus.wikitext_like(400 if split == "train" else 80, seed))
+                + "\n"
+            )
+            slices[split] = (
+                text.encode(),
+                "generated: utils.corpus.wikitext_like",
+                None,
+            )
     modules = bundle_modules()
     files = {"gpu_check.py": Path(__file__).read_bytes()}
     for module in modules:
         parts = module.split(".")[1:]
-        rel = Path("utils", *parts).with_suffix(".py") if parts else Path("utils/__init__.py")
+        rel = (
+            Path("utils", *parts).with_suffix(".py")
+            if parts
+            else Path("utils/__init__.py")
+        )
         files[rel.as_posix()] = (ROOT / rel).read_bytes()
     for split, (data, _, _) in slices.items():
         files[f"data/wikitext-2/{split}.txt"] = data
@@ -276,7 +293,9 @@ def prepare(
             " MiB a device run may carry; use smaller --train-bytes / --valid-bytes"
         )
     manifest = {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
         "total_bytes": total,
         "carry_limit_bytes": carry_limit,
         "utils_modules": modules,
@@ -324,7 +343,9 @@ def verdict(problems: list[str], summary: str, details: dict) -> tuple[str, dict
 class Context:
     """What every check needs: the device, the mode, the sizes, the data, a scratch folder."""
 
-    def __init__(self, device, mode: str, scale: str, data_dir: Path, tmp: Path, notes: list):
+    def __init__(
+        self, device, mode: str, scale: str, data_dir: Path, tmp: Path, notes: list
+    ):
         import torch
 
         self.device, self.mode, self.scale = device, mode, scale
@@ -348,7 +369,9 @@ class Context:
                 ("train", limits["train_chars"]),
                 ("valid", limits["valid_chars"]),
             ):
-                text = (self.data_dir / "wikitext-2" / f"{split}.txt").read_text(encoding="utf-8")
+                text = (self.data_dir / "wikitext-2" / f"{split}.txt").read_text(
+                    encoding="utf-8"
+                )
                 if limit is not None and len(text) > limit:
                     text = text[: text.rfind("\n", 0, limit) + 1]
                 splits[split] = text.split("\n")[:-1]
@@ -383,9 +406,12 @@ def _tolerance(dtype_name: str, fp32: float, fp16: float, bf16: float) -> float:
 def _precision_of(dtype) -> str:
     import torch
 
-    return {None: "fp32", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[
-        dtype
-    ]
+    return {
+        None: "fp32",
+        torch.float32: "fp32",
+        torch.float16: "fp16",
+        torch.bfloat16: "bf16",
+    }[dtype]
 
 
 def apply_mode(device, mode: str, t4_memory_gib: float) -> list[str]:
@@ -418,7 +444,9 @@ def apply_mode(device, mode: str, t4_memory_gib: float) -> list[str]:
             "no native bf16: torch.cuda.is_bf16_supported(including_emulation=False) -> False"
         )
     else:
-        notes.append("CPU: the memory cap and the SDPA flags of the T4 emulation are no-ops")
+        notes.append(
+            "CPU: the memory cap and the SDPA flags of the T4 emulation are no-ops"
+        )
         # utils refuses fp16 on a CPU (its GradScaler path is CUDA's), so force the choice here:
         # the Trainer then runs torch.autocast("cpu", float16) with torch.amp.GradScaler("cpu").
         from utils import nb, precision, train
@@ -469,7 +497,9 @@ def device_info(device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn": torch.backends.cudnn.version()
+        if torch.backends.cudnn.is_available()
+        else None,
         "numpy": numpy.__version__,
     }
     try:
@@ -518,17 +548,24 @@ def check_environment(ctx: Context):
         ):
             problems.append("T4 emulation: flash or cuDNN SDPA still enabled")
     if chosen != ctx.expected_precision():
-        problems.append(f"the trainer picks {chosen}, expected {ctx.expected_precision()}")
+        problems.append(
+            f"the trainer picks {chosen}, expected {ctx.expected_precision()}"
+        )
     if _precision_of(dtype) != chosen and not (chosen == "fp32" and dtype is None):
-        problems.append(f"nb.autocast_dtype gives {dtype} but the trainer picks {chosen}")
+        problems.append(
+            f"nb.autocast_dtype gives {dtype} but the trainer picks {chosen}"
+        )
     imported = [m for m in MUST_NOT_IMPORT if m in sys.modules]
     details["imported_but_absent_on_gpu_machine"] = imported
     if imported:
-        problems.append(f"importing the checks' utils modules imported {', '.join(imported)}")
+        problems.append(
+            f"importing the checks' utils modules imported {', '.join(imported)}"
+        )
     details["utils_sha256"] = {
         f"utils/{Path(module.__file__).name}": _sha256(Path(module.__file__))[:16]
         for name, module in sorted(sys.modules.items())
-        if (name == "utils" or name.startswith("utils.")) and getattr(module, "__file__", None)
+        if (name == "utils" or name.startswith("utils."))
+        and getattr(module, "__file__", None)
     }
     name = details["device"]["name"]
     summary = f"{name}: trainer precision {chosen}, autocast dtype {dtype}"
@@ -545,7 +582,11 @@ def estimated_peak(precision: str, **spec) -> dict:
     try:  # an optional module: a change in it must not fail the check that asks
         model = gpu_estimate.Transformer(**spec)
         amp = "fp32" if precision == "fp32" else "amp"
-        return {"estimated_peak_bytes": int(gpu_estimate.training_peak_bytes(model, amp, "adamw"))}
+        return {
+            "estimated_peak_bytes": int(
+                gpu_estimate.training_peak_bytes(model, amp, "adamw")
+            )
+        }
     except Exception as error:  # noqa: BLE001
         return {"estimate_error": f"{type(error).__name__}: {error}"}
 
@@ -565,11 +606,15 @@ def _training_numbers(trainer, history, wall_s: float) -> dict:
         "steps": trainer.step,
         "wall_s": round(wall_s, 3),
         "train_s_per_step": history.time[-1] / steps if steps else None,
-        "tokens_per_s_median": statistics.median(history.tokens_per_s) if steps else None,
+        "tokens_per_s_median": statistics.median(history.tokens_per_s)
+        if steps
+        else None,
         "first_loss": history.train_loss[0] if steps else None,
         "last_loss": history.train_loss[-1] if steps else None,
         "skipped_steps": _skipped_steps(trainer),
-        "grad_scale": trainer.scaler.get_scale() if trainer.scaler is not None else None,
+        "grad_scale": trainer.scaler.get_scale()
+        if trainer.scaler is not None
+        else None,
     }
 
 
@@ -579,14 +624,18 @@ def _precision_problems(ctx: Context, trainer) -> list[str]:
     if trainer.precision != expected:
         problems.append(f"trainer precision {trainer.precision}, expected {expected}")
     if (trainer.scaler is not None) != (trainer.precision == "fp16"):
-        problems.append(f"GradScaler {trainer.scaler!r} with precision {trainer.precision}")
+        problems.append(
+            f"GradScaler {trainer.scaler!r} with precision {trainer.precision}"
+        )
     return problems
 
 
 def _skip_problems(details: dict) -> list[str]:
     allowed = max(3, details["steps"] // 10)
     if details["skipped_steps"] > allowed:
-        return [f"the GradScaler skipped {details['skipped_steps']} of {details['steps']} steps"]
+        return [
+            f"the GradScaler skipped {details['skipped_steps']} of {details['steps']} steps"
+        ]
     return []
 
 
@@ -602,7 +651,9 @@ def check_trainer_lm(ctx: Context):
     vocab, streams = ctx.data()
     V = max(len(vocab), p["vocab"])
     torch.manual_seed(0)
-    model = TransformerLM(V, p["d_model"], p["n_heads"], p["n_layers"], max_len=p["context"])
+    model = TransformerLM(
+        V, p["d_model"], p["n_heads"], p["n_layers"], max_len=p["context"]
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=0.1)
     schedule = warmup_cosine(optimizer, max(1, p["steps"] // 10), p["steps"])
     config = TrainConfig(
@@ -614,7 +665,9 @@ def check_trainer_lm(ctx: Context):
     )
     trainer = Trainer(model, optimizer, lm_loss, config, schedule)
     batches = lm_recipes.RandomWindows(streams["train"], p["batch"], p["context"])
-    valid = lm_recipes.eval_chunks(lm_recipes.batchify(streams["valid"], p["batch"]), p["context"])
+    valid = lm_recipes.eval_chunks(
+        lm_recipes.batchify(streams["valid"], p["batch"]), p["context"]
+    )
     before = trainer.evaluate(valid)
     x, _ = batches(0)
     with torch.no_grad(), trainer.autocast():
@@ -646,7 +699,9 @@ def check_trainer_lm(ctx: Context):
     problems = _precision_problems(ctx, trainer) + _skip_problems(details)
     expected_dtype = AUTOCAST_NAMES[trainer.precision] or "torch.float32"
     if str(logits_dtype) != expected_dtype:
-        problems.append(f"logits are {logits_dtype} under autocast, expected {expected_dtype}")
+        problems.append(
+            f"logits are {logits_dtype} under autocast, expected {expected_dtype}"
+        )
     if not after["loss"] < before["loss"] - p["min_drop"]:
         problems.append(
             f"validation loss fell only from {before['loss']:.3f} to {after['loss']:.3f}"
@@ -674,14 +729,18 @@ class TextOrNoise:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         lo, hi = self.lengths
         n = torch.randint(lo, hi + 1, (self.batch,), generator=g).tolist()
-        starts = torch.randint(0, self.stream.numel() - hi, (self.batch,), generator=g).tolist()
+        starts = torch.randint(
+            0, self.stream.numel() - hi, (self.batch,), generator=g
+        ).tolist()
         labels = torch.randint(0, 2, (self.batch,), generator=g)
         x = torch.full((self.batch, self.max_len), self.pad, dtype=torch.long)
         for row, (length, start) in enumerate(zip(n, starts, strict=True)):
             if labels[row]:
                 x[row, :length] = self.stream[start : start + length]
             else:
-                x[row, :length] = torch.randint(0, self.vocab_size, (length,), generator=g)
+                x[row, :length] = torch.randint(
+                    0, self.vocab_size, (length,), generator=g
+                )
         return x, labels
 
 
@@ -751,9 +810,13 @@ def check_classifier(ctx: Context):
     )
     problems = _precision_problems(ctx, trainer) + _skip_problems(details)
     if not result["accuracy"] >= 0.9:
-        problems.append(f"held-out accuracy {result['accuracy']:.3f} < 0.9 (text vs noise)")
+        problems.append(
+            f"held-out accuracy {result['accuracy']:.3f} < 0.9 (text vs noise)"
+        )
     if not padding_diff <= tolerance:
-        problems.append(f"padding changed the logits by {padding_diff:.2e} (> {tolerance:g})")
+        problems.append(
+            f"padding changed the logits by {padding_diff:.2e} (> {tolerance:g})"
+        )
     summary = (
         f"{trainer.precision}: held-out accuracy {result['accuracy']:.3f}, padding diff "
         f"{padding_diff:.1e}, {1e3 * details['train_s_per_step']:.1f} ms/step"
@@ -797,7 +860,9 @@ def check_adaptive_lm(ctx: Context):
     model.eval()
     x, y = chunks[0]
     with torch.no_grad(), trainer.autocast():
-        ce_diff = float(R.cross_entropy_check(model, x.to(ctx.device), y.to(ctx.device)))
+        ce_diff = float(
+            R.cross_entropy_check(model, x.to(ctx.device), y.to(ctx.device))
+        )
         prompt = x[:1, :8].to(ctx.device)
         generator = torch.Generator(device=ctx.device).manual_seed(0)
         sampled = R.sample(model, prompt, 16, 1.0, p["context"], generator)
@@ -828,7 +893,9 @@ def check_adaptive_lm(ctx: Context):
     if not after < before - 1.0:
         problems.append(f"validation loss fell only from {before:.3f} to {after:.3f}")
     if not ce_diff <= tolerance:
-        problems.append(f"adaptive vs full softmax loss differ by {ce_diff:.2e} (> {tolerance:g})")
+        problems.append(
+            f"adaptive vs full softmax loss differ by {ce_diff:.2e} (> {tolerance:g})"
+        )
     if not details["sampled_ids_in_range"] or sampled.shape != (1, 24):
         problems.append(f"sampling gave {tuple(sampled.shape)} ids, some out of range")
     if rerun.trainer.step != trainer.step or param_diff != 0.0:
@@ -852,12 +919,17 @@ def _sdpa_plan(ctx: Context, available: list[str]) -> tuple[list[str], set[str],
         # sdpa_kernel(backend) turns a backend back on that the global flags turned off, so the
         # emulation leaves out what a T4 (sm_75) lacks instead of probing it.
         why = "a T4 has no such kernel for these inputs: not probed under the emulation"
-        left_out = {b: why for b in ("FLASH_ATTENTION", "CUDNN_ATTENTION") if b in available}
+        left_out = {
+            b: why for b in ("FLASH_ATTENTION", "CUDNN_ATTENTION") if b in available
+        }
         probe = [b for b in available if b not in left_out]
         return probe, {"EFFICIENT_ATTENTION", "MATH"}, left_out
     if not ctx.is_cuda:
         must_run = {"MATH"}
-    elif ctx.capability >= (8, 0):  # bf16 on Ampere and later: flash and memory-efficient
+    elif ctx.capability >= (
+        8,
+        0,
+    ):  # bf16 on Ampere and later: flash and memory-efficient
         must_run = {"FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"}
     else:  # a real T4: fp16, no flash
         must_run = {"EFFICIENT_ATTENTION", "MATH"}
@@ -881,7 +953,10 @@ def check_sdpa_backends(ctx: Context):
     reference = A.explicit_attention(q.float(), k.float(), v.float(), is_causal=True)
     tolerance = _tolerance(name, 1e-4, 1e-2, 5e-2)
     usable, refused, errors = {}, {}, {}
-    for backend, fn in functions.items():  # "default": SDPA's own choice under the flags
+    for (
+        backend,
+        fn,
+    ) in functions.items():  # "default": SDPA's own choice under the flags
         try:
             out = fn(q, k, v, is_causal=True)
             ctx.sync()
@@ -891,7 +966,8 @@ def check_sdpa_backends(ctx: Context):
         errors[backend] = float((out.float() - reference).abs().max())
         usable[backend] = fn
     problems = [
-        f"{b} refused {name}: {refused[b]}" for b in sorted((must_run | {"default"}) & set(refused))
+        f"{b} refused {name}: {refused[b]}"
+        for b in sorted((must_run | {"default"}) & set(refused))
     ]
     problems += [
         f"{b} differs from explicit attention by {e:.2e} (> {tolerance:g})"
@@ -918,11 +994,16 @@ def check_sdpa_backends(ctx: Context):
         spin_up_s=0.2 if ctx.is_cuda else 0.05,
     )  # fmt: skip
     details["timings"] = table = {
-        f"{pt.impl}@{pt.seq_len}": {"ms": 1e3 * pt.median_s, "MiB": pt.peak_bytes / 2**20}
+        f"{pt.impl}@{pt.seq_len}": {
+            "ms": 1e3 * pt.median_s,
+            "MiB": pt.peak_bytes / 2**20,
+        }
         for pt in points
     }
     longest = p["lengths"][-1]
-    fastest = min(usable, key=lambda b: table[f"{b}@{longest}"]["ms"])  # "default" included
+    fastest = min(
+        usable, key=lambda b: table[f"{b}@{longest}"]["ms"]
+    )  # "default" included
     summary = (
         f"{name}: usable {', '.join(sorted(usable))}; fastest at L={longest}: {fastest} "
         f"{table[f'{fastest}@{longest}']['ms']:.2f} ms vs explicit "
@@ -963,7 +1044,10 @@ def check_attention_memory(ctx: Context):
                     f"L={length}: fused peak {f.peak_bytes / 2**20:.1f} MiB >= 4 x its output"
                 )
     longest = p["lengths"][-1]
-    details = {"shape": f"fp32, batch 1, {p['heads']} heads x {p['head_dim']}", "rows": rows}
+    details = {
+        "shape": f"fp32, batch 1, {p['heads']} heads x {p['head_dim']}",
+        "rows": rows,
+    }
     if len(p["lengths"]) >= 2:
         slope, _ = A.fit_power_law(
             p["lengths"], [cost["explicit", n].peak_bytes for n in p["lengths"]]
@@ -999,11 +1083,16 @@ def check_resume(ctx: Context):
         optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=0.1)
         schedule = warmup_cosine(optimizer, max(1, steps // 10), steps)
         config = TrainConfig(
-            max_steps=max_steps, device=str(ctx.device), checkpoint_path=str(path), progress=False
+            max_steps=max_steps,
+            device=str(ctx.device),
+            checkpoint_path=str(path),
+            progress=False,
         )
         trainer = Trainer(model, optimizer, lm_loss, config, schedule)
         history = trainer.fit(batches)
-        params = torch.cat([q.detach().float().flatten().cpu() for q in model.parameters()])
+        params = torch.cat(
+            [q.detach().float().flatten().cpu() for q in model.parameters()]
+        )
         return trainer, history.train_loss, params
 
     def differ(a, b):
@@ -1017,11 +1106,15 @@ def check_resume(ctx: Context):
         whole = run(steps, folder / "whole.pt")
         again = run(steps, folder / "again.pt")
         run(steps // 2, folder / "split.pt")  # "interrupted" halfway ...
-        resumed = run(steps, folder / "split.pt")  # ... and continued from its checkpoint
+        resumed = run(
+            steps, folder / "split.pt"
+        )  # ... and continued from its checkpoint
     finally:
         torch.use_deterministic_algorithms(deterministic)
     if len(resumed[1]) != len(whole[1]):
-        raise CheckFailed(f"the resumed run recorded {len(resumed[1])} steps, not {steps}")
+        raise CheckFailed(
+            f"the resumed run recorded {len(resumed[1])} steps, not {steps}"
+        )
     baseline, diff = differ(whole, again), differ(whole, resumed)
     details = {
         "steps": steps,
@@ -1048,7 +1141,9 @@ def check_resume(ctx: Context):
 
 
 def _selftest_error(ctx: Context):
-    raise RuntimeError("a deliberate error (tests that one failing check leaves the rest)")
+    raise RuntimeError(
+        "a deliberate error (tests that one failing check leaves the rest)"
+    )
 
 
 def _selftest_hang(ctx: Context):
@@ -1179,18 +1274,23 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run_mode(args, mode: str, checks: list[str], deadline: float, printer) -> list[dict]:
+def run_mode(
+    args, mode: str, checks: list[str], deadline: float, printer
+) -> list[dict]:
     """Run ``checks`` in ``mode`` in child processes; return one record per check."""
     sizes = SCALES[args.scale]
     boxes = sizes["time_box_s"]
     records: list[dict] = []
     pending = list(checks)
     env = dict(os.environ)
-    env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets cuBLAS be deterministic (resume)
+    env.setdefault(
+        "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
+    )  # lets cuBLAS be deterministic (resume)
     while pending:
         if time.monotonic() >= deadline:
             records += [
-                _failure(n, mode, "not run: the overall time limit was reached") for n in pending
+                _failure(n, mode, "not run: the overall time limit was reached")
+                for n in pending
             ]
             break
         with tempfile.TemporaryDirectory(prefix="gpu_check_run_") as tmp:
@@ -1233,7 +1333,9 @@ def run_mode(args, mode: str, checks: list[str], deadline: float, printer) -> li
                     time.sleep(0.1)
             tail = log.read_text(errors="replace")[-1500:].strip()
             if current is not None:  # the check that was running when the child ended
-                message = stopped or f"the check process exited with status {proc.returncode}"
+                message = (
+                    stopped or f"the check process exited with status {proc.returncode}"
+                )
                 record = _failure(current, mode, message, time.monotonic() - started)
                 record["details"]["log_tail"] = tail
                 records.append(record)
@@ -1243,7 +1345,9 @@ def run_mode(args, mode: str, checks: list[str], deadline: float, printer) -> li
                 # It ended without running them (e.g. it failed to start): do not loop forever.
                 for name in pending:
                     record = _failure(
-                        name, mode, f"the check process ended ({proc.returncode}) before this check"
+                        name,
+                        mode,
+                        f"the check process ended ({proc.returncode}) before this check",
                     )
                     record["details"]["log_tail"] = tail
                     records.append(record)
@@ -1255,12 +1359,16 @@ def run_mode(args, mode: str, checks: list[str], deadline: float, printer) -> li
 ESTIMATE_FACTOR = 1.5  # utils.gpu_estimate aims to be right within about this factor
 
 
-def memory_estimate_record(mode: str, records: list[dict], on_cuda: bool) -> dict | None:
+def memory_estimate_record(
+    mode: str, records: list[dict], on_cuda: bool
+) -> dict | None:
     """Measured peaks against ``utils.gpu_estimate`` for the checks that recorded an estimate;
     None when no check did (the module is absent)."""
     mine = [r for r in records if r["mode"] == mode]
     with_estimate = [
-        r for r in mine if {"estimated_peak_bytes", "estimate_error"} & set(r["details"])
+        r
+        for r in mine
+        if {"estimated_peak_bytes", "estimate_error"} & set(r["details"])
     ]
     if not with_estimate:
         return None
@@ -1279,11 +1387,17 @@ def memory_estimate_record(mode: str, records: list[dict], on_cuda: bool) -> dic
     if not on_cuda:
         record.update(passed=True, skipped=True, message="no CUDA peak memory on a CPU")
         return record
-    outside = {n: q for n, q in ratios.items() if not 1 / ESTIMATE_FACTOR <= q <= ESTIMATE_FACTOR}
+    outside = {
+        n: q
+        for n, q in ratios.items()
+        if not 1 / ESTIMATE_FACTOR <= q <= ESTIMATE_FACTOR
+    }
     text = ", ".join(f"{n} {q:.2f}" for n, q in ratios.items())
     if errors or outside or not ratios:
         problems = [f"{n}: estimate failed ({e})" for n, e in errors.items()]
-        problems += [f"{n}: measured / estimated peak {q:.2f}" for n, q in outside.items()]
+        problems += [
+            f"{n}: measured / estimated peak {q:.2f}" for n, q in outside.items()
+        ]
         record["message"] = "; ".join(problems) or "no check measured a peak to compare"
     else:
         record.update(passed=True, message=f"measured / estimated peak: {text}")
@@ -1295,14 +1409,20 @@ def _slug(name: str) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    lines = [f"{'mode':<7} {'check':<17} {'result':<6} {'seconds':>8} {'peak MiB':>9}  message"]
+    lines = [
+        f"{'mode':<7} {'check':<17} {'result':<6} {'seconds':>8} {'peak MiB':>9}  message"
+    ]
     for r in records:
         peak = r.get("peak_memory_bytes")
         peak_text = f"{peak / 2**20:>9.1f}" if peak is not None else f"{'-':>9}"
-        seconds = f"{r['seconds']:>8.1f}" if r.get("seconds") is not None else f"{'-':>8}"
+        seconds = (
+            f"{r['seconds']:>8.1f}" if r.get("seconds") is not None else f"{'-':>8}"
+        )
         message = r.get("message") or ""
         message = message if len(message) <= 100 else message[:97] + "..."
-        verdict_text = ("skip" if r.get("skipped") else "pass") if r["passed"] else "FAIL"
+        verdict_text = (
+            ("skip" if r.get("skipped") else "pass") if r["passed"] else "FAIL"
+        )
         lines.append(
             f"{r['mode']:<7} {r['name']:<17} {verdict_text:<6} {seconds} {peak_text}  {message}"
         )
@@ -1321,22 +1441,38 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--prepare", metavar="DIR", help="write the bundle a GPU run carries")
-    parser.add_argument("--source", help="data folder holding wikitext-2/ (for --prepare)")
+    parser.add_argument(
+        "--prepare", metavar="DIR", help="write the bundle a GPU run carries"
+    )
+    parser.add_argument(
+        "--source", help="data folder holding wikitext-2/ (for --prepare)"
+    )
     parser.add_argument("--train-bytes", type=int, default=TRAIN_SLICE_BYTES)
     parser.add_argument("--valid-bytes", type=int, default=VALID_SLICE_BYTES)
-    parser.add_argument("--carry-limit-mib", type=float, default=CARRY_LIMIT_BYTES / 2**20)
-    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    parser.add_argument(
+        "--carry-limit-mib", type=float, default=CARRY_LIMIT_BYTES / 2**20
+    )
+    parser.add_argument(
+        "--device", default="cuda", help="cuda (default), cuda:N or cpu"
+    )
     parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
-    parser.add_argument("--scale", choices=tuple(SCALES), help="default: gpu on CUDA, else cpu")
-    parser.add_argument("--data", type=Path, help="folder with wikitext-2/{train,valid}.txt")
-    parser.add_argument("--out", help="report file, or a folder for gpu_check_<device>.json")
+    parser.add_argument(
+        "--scale", choices=tuple(SCALES), help="default: gpu on CUDA, else cpu"
+    )
+    parser.add_argument(
+        "--data", type=Path, help="folder with wikitext-2/{train,valid}.txt"
+    )
+    parser.add_argument(
+        "--out", help="report file, or a folder for gpu_check_<device>.json"
+    )
     parser.add_argument("--only", help=f"comma-separated subset of {', '.join(CHECKS)}")
     parser.add_argument(
         "--time-limit", type=float, help="seconds for everything (default: scale's)"
     )
     parser.add_argument("--t4-memory-gib", type=float, default=T4_MEMORY_GIB)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a CPU)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: 1 on a CPU)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checks", help=argparse.SUPPRESS)
     parser.add_argument("--events", help=argparse.SUPPRESS)
@@ -1399,12 +1535,16 @@ def main(argv: list[str] | None = None) -> int:
         if estimate is not None:
             records.append(estimate)
             printer(estimate)
-    environment = next((r for r in records if r["name"] == "environment" and r["details"]), None)
+    environment = next(
+        (r for r in records if r["name"] == "environment" and r["details"]), None
+    )
     details = environment["details"] if environment else {}
     manifest_path = args.data.parent / "MANIFEST.json"
     report = {
         "tool": "tools/gpu_check.py",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
         "argv": sys.argv[1:] if argv is None else argv,
         "scale": args.scale,
         "modes": {

@@ -56,7 +56,9 @@ def _stop_cell(executed: nbformat.NotebookNode) -> int | None:
     """Index (in the original notebook) of the cell that raised, if any."""
     # papermill adds a parameters cell and, on an error, markdown cells that point at it.
     added = {"injected-parameters", "papermill-error-cell-tag"}
-    original = [c for c in executed.cells if not added & set(c.metadata.get("tags", []))]
+    original = [
+        c for c in executed.cells if not added & set(c.metadata.get("tags", []))
+    ]
     for index, cell in enumerate(original):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
@@ -164,7 +166,9 @@ def table(records: list[dict]) -> str:
                 else f"{'-':>10}{'-':>10}"
             )
         mark = "ok" if r["ok"] else "FAIL"
-        lines.append(f"{r['notebook'][:45]:<46}{mark:>8}{r['dry_run_seconds']:>5.0f}{cells}")
+        lines.append(
+            f"{r['notebook'][:45]:<46}{mark:>8}{r['dry_run_seconds']:>5.0f}{cells}"
+        )
     totals = ""
     for name in gpus:
         minutes = sum(
@@ -183,9 +187,15 @@ def table(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb")
-    parser.add_argument("--timeout", type=int, default=600, help="per-cell timeout, seconds")
-    parser.add_argument("--t4-minutes", type=float, default=20.0, help="time limit on a T4")
+    parser.add_argument(
+        "notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=600, help="per-cell timeout, seconds"
+    )
+    parser.add_argument(
+        "--t4-minutes", type=float, default=20.0, help="time limit on a T4"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="report file")
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
@@ -195,13 +205,19 @@ def main(argv: list[str] | None = None) -> int:
             record = dry_run(path.resolve(), Path(tmp), args.timeout, args.t4_minutes)
             records.append(record)
             status = "ok" if record["ok"] else "FAIL"
-            print(f"{status:>4} {path.name} ({record['dry_run_seconds']:.0f} s)", flush=True)
+            print(
+                f"{status:>4} {path.name} ({record['dry_run_seconds']:.0f} s)",
+                flush=True,
+            )
     print()
     print(table(records))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "profile": "gpu",
-        "limits": {"t4_minutes": args.t4_minutes, "t4_usable_bytes": gpu_estimate.T4.usable_bytes},
+        "limits": {
+            "t4_minutes": args.t4_minutes,
+            "t4_usable_bytes": gpu_estimate.T4.usable_bytes,
+        },
         "gpus": [g.__dict__ for g in gpu_estimate.TARGETS],
         "chapters": records,
     }

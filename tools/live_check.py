@@ -72,7 +72,9 @@ HARMLESS_CONSOLE_ERRORS: list[tuple[str, str]] = []
 # classifiers 5.1 and 5.4 export), so a full run in this order is what a reader gets.
 # Not the executor's partial output of a run in progress (NN_name.failed.ipynb).
 ALL_CHAPTERS = sorted(
-    p.stem for p in NOTEBOOKS.glob("[0-9]*.ipynb") if not p.name.endswith(".failed.ipynb")
+    p.stem
+    for p in NOTEBOOKS.glob("[0-9]*.ipynb")
+    if not p.name.endswith(".failed.ipynb")
 )
 # The default: every chapter with a plotly figure or a widget, which leaves out only 6.3
 # (prompting SmolLM2: no figure, no widget, 95 s of the ~11 minutes all 16 took on 2 loaded CPU
@@ -133,7 +135,9 @@ WIDGET_CHECKS: dict[str, tuple[WidgetCheck, ...]] = {
             expect_figure=True,
         ),
     ),
-    "05a_imdb_classifier": (WidgetCheck(**_EXPLORER, steps=(_EXPLORER_TEXT,), expect_figure=True),),
+    "05a_imdb_classifier": (
+        WidgetCheck(**_EXPLORER, steps=(_EXPLORER_TEXT,), expect_figure=True),
+    ),
     "05e_scaling_laws": (
         WidgetCheck(
             "compute-budget calculator",
@@ -158,7 +162,10 @@ WIDGET_CHECKS: dict[str, tuple[WidgetCheck, ...]] = {
             "decoding playground",
             anchor="Generate",
             result=".widget-html-content",
-            steps=(Step("fill", "seed", "12345", changes=False), Step("click", "Generate")),
+            steps=(
+                Step("fill", "seed", "12345", changes=False),
+                Step("click", "Generate"),
+            ),
         ),
     ),
     "07_faq": (_COST,),
@@ -193,13 +200,23 @@ class ChapterResult:
     views_drawn: int = 0  # ... of which hold an svg
     widgets_checked: int = 0
     widget_failures: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # error outputs and printed tracebacks
-    not_executed: list[int] = field(default_factory=list)  # code cells without execution count
-    external: list[str] = field(default_factory=list)  # URLs of requests that left localhost
-    console: list[str] = field(default_factory=list)  # console errors, harmless ones removed
+    errors: list[str] = field(
+        default_factory=list
+    )  # error outputs and printed tracebacks
+    not_executed: list[int] = field(
+        default_factory=list
+    )  # code cells without execution count
+    external: list[str] = field(
+        default_factory=list
+    )  # URLs of requests that left localhost
+    console: list[str] = field(
+        default_factory=list
+    )  # console errors, harmless ones removed
     problem: str = ""  # the run itself failed (timeout, page did not load)
     seconds: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the check
+    phases: dict[str, float] = field(
+        default_factory=dict
+    )  # seconds per step of the check
     screenshot: str = ""
 
     def failures(self) -> list[str]:
@@ -213,7 +230,9 @@ class ChapterResult:
                 f"(no svg.main-svg in {', '.join(self.undrawn_ids[:5])})"
             )
         if self.views_drawn < self.views:
-            out.append(f"{self.views - self.views_drawn} of {self.views} bertviz views not drawn")
+            out.append(
+                f"{self.views - self.views_drawn} of {self.views} bertviz views not drawn"
+            )
         if self.figures < self.stored_figures:
             out.append(
                 f"the live run shows {self.figures} plotly figures, the stored notebook "
@@ -223,7 +242,9 @@ class ChapterResult:
         out += [f"error output: {e}" for e in self.errors]
         if self.not_executed:
             cells = ", ".join(map(str, self.not_executed[:10]))
-            out.append(f"{len(self.not_executed)} code cells not executed (cells {cells})")
+            out.append(
+                f"{len(self.not_executed)} code cells not executed (cells {cells})"
+            )
         hosts = sorted({urlparse(u).hostname or u for u in self.external})
         if self.external:
             out.append(
@@ -272,7 +293,10 @@ def format_table(results: list[ChapterResult]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
 
@@ -306,7 +330,9 @@ def select_chapters(names: list[str], available: list[str] = ALL_CHAPTERS) -> li
         stem = Path(name).stem
         hits = [c for c in available if c.startswith(stem)]
         if not hits:
-            raise SystemExit(f"live_check: no chapter matches {name!r} (have {available})")
+            raise SystemExit(
+                f"live_check: no chapter matches {name!r} (have {available})"
+            )
         chosen.update(hits)
     return [c for c in available if c in chosen]
 
@@ -377,7 +403,9 @@ class JupyterServer:
             (self.home / name).mkdir(parents=True, exist_ok=True)
             env[var] = str(self.home / name)
         env["LLMBOOK_PROFILE"] = "smoke"  # LLMBOOK_DATA_DIR, if set, passes through
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), env.get("PYTHONPATH")])
+        )
         return env
 
     def __enter__(self) -> JupyterServer:
@@ -416,7 +444,9 @@ class JupyterServer:
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.5)
         self.__exit__()
-        raise RuntimeError(f"jupyter lab did not answer within 90 s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"jupyter lab did not answer within 90 s:\n{self.log_tail()}"
+        )
 
     def __exit__(self, *exc) -> None:
         for thread in self._stopping:
@@ -547,7 +577,9 @@ JS_STATE = """() => {
 def _widget_output(page, check: WidgetCheck):
     """The cell output holding the widget: it has a label or a button with text ``anchor``."""
     exact = re.compile(rf"^\s*{re.escape(check.anchor)}\s*$")
-    anchor = page.locator("label.widget-label, button.widget-button").filter(has_text=exact)
+    anchor = page.locator("label.widget-label, button.widget-button").filter(
+        has_text=exact
+    )
     return page.locator(".jp-OutputArea-output").filter(has=anchor).nth(check.index)
 
 
@@ -563,7 +595,9 @@ def _do_step(output, step: Step) -> None:
         field_.fill(step.value)
         if field_.evaluate("(e) => e.tagName") == "INPUT":
             field_.press("Enter")
-        field_.evaluate("(e) => e.blur()")  # text areas (and number boxes) sync on leaving
+        field_.evaluate(
+            "(e) => e.blur()"
+        )  # text areas (and number boxes) sync on leaving
     elif step.action == "slider":
         handle = box.locator(".noUi-handle").first
         handle.focus()
@@ -586,7 +620,11 @@ def check_widget(page, check: WidgetCheck, timeout_s: float) -> str | None:
         try:
             _do_step(output, step)
         except Exception as err:  # Playwright errors: say which step could not be done
-            return f"{check.name}: could not {step.action} {step.target!r}: {err}".split("\n")[0]
+            return (
+                f"{check.name}: could not {step.action} {step.target!r}: {err}".split(
+                    "\n"
+                )[0]
+            )
         if not step.changes:
             continue
         deadline = time.monotonic() + timeout_s
@@ -609,7 +647,9 @@ def check_widget(page, check: WidgetCheck, timeout_s: float) -> str | None:
     return None
 
 
-def check_chapter(context, server: JupyterServer, chapter: str, out: Path, args) -> ChapterResult:
+def check_chapter(
+    context, server: JupyterServer, chapter: str, out: Path, args
+) -> ChapterResult:
     result = ChapterResult(
         chapter, stored_figures=stored_figure_count(NOTEBOOKS / f"{chapter}.ipynb")
     )
@@ -637,12 +677,17 @@ def check_chapter(context, server: JupyterServer, chapter: str, out: Path, args)
 
     page.on("request", on_request)
     page.on(
-        "websocket", lambda ws: None if is_local_url(ws.url) else result.external.append(ws.url)
+        "websocket",
+        lambda ws: None if is_local_url(ws.url) else result.external.append(ws.url),
     )
     page.on("console", on_console)
-    page.on("pageerror", lambda err: result.console.append(f"uncaught: {str(err)[:300]}"))
+    page.on(
+        "pageerror", lambda err: result.console.append(f"uncaught: {str(err)[:300]}")
+    )
     # Nothing may leave this machine: block it (and report it above) rather than wait on it.
-    page.route(lambda url: not is_local_url(url), lambda route: route.abort("blockedbyclient"))
+    page.route(
+        lambda url: not is_local_url(url), lambda route: route.abort("blockedbyclient")
+    )
     try:
         page.goto(server.lab_url(f"{chapter}.ipynb"), timeout=120_000)
         page.wait_for_function(
@@ -658,7 +703,9 @@ def check_chapter(context, server: JupyterServer, chapter: str, out: Path, args)
         page.wait_for_function(JS_FINISHED, timeout=args.timeout * 1000, polling=1000)
         phase("run")
         try:  # plotly.js draws after the cell finished
-            page.wait_for_function(JS_ALL_DRAWN, timeout=args.settle * 1000, polling=500)
+            page.wait_for_function(
+                JS_ALL_DRAWN, timeout=args.settle * 1000, polling=500
+            )
         except Exception:
             pass  # counted below
         phase("draw")
@@ -676,7 +723,9 @@ def check_chapter(context, server: JupyterServer, chapter: str, out: Path, args)
                 failure = check_widget(page, check, args.widget_timeout)
                 if failure:
                     result.widget_failures.append(failure)
-            after = page.evaluate(JS_STATE)["errors"]  # tracebacks the interactions caused
+            after = page.evaluate(JS_STATE)[
+                "errors"
+            ]  # tracebacks the interactions caused
             result.errors += [e for e in after if e not in result.errors]
             phase("widgets")
         elif WIDGET_CHECKS.get(chapter):
@@ -684,7 +733,9 @@ def check_chapter(context, server: JupyterServer, chapter: str, out: Path, args)
             result.widget_failures = ["not checked: the run did not complete"]
         # The screenshot shows the first checked widget after the checks, else the first figure.
         checks = WIDGET_CHECKS.get(chapter, ())
-        shown = _widget_output(page, checks[0]) if checks else page.locator(FIGURES).first
+        shown = (
+            _widget_output(page, checks[0]) if checks else page.locator(FIGURES).first
+        )
         if shown.count():
             shown.evaluate("(e) => e.scrollIntoView({block: 'start'})")
             page.wait_for_timeout(500)
@@ -716,22 +767,33 @@ def main(argv: list[str] | None = None) -> int:
         help="file-name prefixes, or 'all' (default: every chapter with a figure or a widget)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "live")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds per chapter run")
-    parser.add_argument("--settle", type=float, default=30, help="seconds for figures to draw")
     parser.add_argument(
-        "--widget-timeout", type=float, default=60, help="seconds for a widget to answer"
+        "--timeout", type=float, default=300, help="seconds per chapter run"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=30, help="seconds for figures to draw"
+    )
+    parser.add_argument(
+        "--widget-timeout",
+        type=float,
+        default=60,
+        help="seconds for a widget to answer",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     chapters = select_chapters(args.chapters)
     if not CHROMIUM.exists():
-        print(f"live_check: {CHROMIUM} not found (apt-get install chromium)", file=sys.stderr)
+        print(
+            f"live_check: {CHROMIUM} not found (apt-get install chromium)",
+            file=sys.stderr,
+        )
         return 1
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         print(
-            "live_check: playwright missing (make venv installs requirements.txt)", file=sys.stderr
+            "live_check: playwright missing (make venv installs requirements.txt)",
+            file=sys.stderr,
         )
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
@@ -740,10 +802,14 @@ def main(argv: list[str] | None = None) -> int:
     (work / "notebooks").mkdir(parents=True)
     for chapter in ALL_CHAPTERS:  # a copy: the committed notebooks are never touched
         shutil.copy2(NOTEBOOKS / f"{chapter}.ipynb", work / "notebooks")
-    print(f"live_check: {len(chapters)} chapters in JupyterLab (smoke profile), work dir {work}")
+    print(
+        f"live_check: {len(chapters)} chapters in JupyterLab (smoke profile), work dir {work}"
+    )
     results = []
     try:
-        with JupyterServer(work, tmp / "jupyter", args.out / "jupyter-server.log") as server:
+        with JupyterServer(
+            work, tmp / "jupyter", args.out / "jupyter-server.log"
+        ) as server:
             with sync_playwright() as p:
                 browser = p.chromium.launch(
                     executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
@@ -755,10 +821,15 @@ def main(argv: list[str] | None = None) -> int:
                     for chapter in chapters:
                         result = check_chapter(context, server, chapter, args.out, args)
                         results.append(result)
-                        status = "ok" if result.ok else "; ".join(result.failures())[:300]
-                        steps = ", ".join(f"{k} {v:.0f}" for k, v in result.phases.items())
+                        status = (
+                            "ok" if result.ok else "; ".join(result.failures())[:300]
+                        )
+                        steps = ", ".join(
+                            f"{k} {v:.0f}" for k, v in result.phases.items()
+                        )
                         print(
-                            f"  {chapter}: {result.seconds:.0f} s ({steps}), {status}", flush=True
+                            f"  {chapter}: {result.seconds:.0f} s ({steps}), {status}",
+                            flush=True,
                         )
                 finally:
                     browser.close()

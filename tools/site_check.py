@@ -54,7 +54,13 @@ ISOLATION_FLAGS = [
     "--disable-sync",
 ]
 
-SKIPPED_PARTS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
+SKIPPED_PARTS = {
+    "_static",
+    "_sources",
+    "_images",
+    "_sphinx_design_static",
+    "_panels_static",
+}
 SKIPPED_PAGES = {"genindex.html"}
 
 # Waits until what the page draws has been drawn: MathJax typeset, every plotly div has its svg,
@@ -194,7 +200,9 @@ def check_page(context, base: str, page: str, out: Path, settle_s: float) -> Pag
 
     def on_console(message):
         if message.type == "error":
-            result.console.append(f"{message.text[:240]} ({message.location.get('url', '')})")
+            result.console.append(
+                f"{message.text[:240]} ({message.location.get('url', '')})"
+            )
 
     def on_response(response):
         if response.status >= 400:
@@ -207,7 +215,9 @@ def check_page(context, base: str, page: str, out: Path, settle_s: float) -> Pag
             result.failed.append(f"{request.failure} {request.url}")
 
     tab.on("console", on_console)
-    tab.on("pageerror", lambda err: result.console.append(f"uncaught: {str(err)[:240]}"))
+    tab.on(
+        "pageerror", lambda err: result.console.append(f"uncaught: {str(err)[:240]}")
+    )
     tab.on("response", on_response)
     tab.on("requestfailed", on_failed)
     tab.route(
@@ -226,7 +236,9 @@ def check_page(context, base: str, page: str, out: Path, settle_s: float) -> Pag
         result.heatmaps = measured["heatmaps"]
         result.js_bytes = measured["js_files"] + measured["js_inline"]
         result.js_largest = measured["js_largest"]
-        tab.screenshot(path=str(out / (page.replace("/", "_").replace(".html", ".png"))))
+        tab.screenshot(
+            path=str(out / (page.replace("/", "_").replace(".html", ".png")))
+        )
     except Exception as err:
         result.problem = f"{type(err).__name__}: {str(err).splitlines()[0]}"
     finally:
@@ -252,24 +264,34 @@ def format_table(results: list[PageResult]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("pages", nargs="*", help="pages relative to the site (default: all)")
+    parser.add_argument(
+        "pages", nargs="*", help="pages relative to the site (default: all)"
+    )
     parser.add_argument("--site", type=Path, default=ROOT / "_build" / "html")
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "site_check")
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--settle", type=float, default=15.0, help="seconds to wait for drawing")
-    parser.add_argument("--no-fail", action="store_true", help="report only; exit status 0")
+    parser.add_argument(
+        "--settle", type=float, default=15.0, help="seconds to wait for drawing"
+    )
+    parser.add_argument(
+        "--no-fail", action="store_true", help="report only; exit status 0"
+    )
     args = parser.parse_args(argv)
     if not (args.site / "index.html").exists():
         raise SystemExit(f"site_check: no built site in {args.site} (run make site)")
     if not Path(CHROMIUM).exists():
-        raise SystemExit("site_check: /usr/bin/chromium missing (apt-get install chromium)")
+        raise SystemExit(
+            "site_check: /usr/bin/chromium missing (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     pages = args.pages or site_pages(args.site)

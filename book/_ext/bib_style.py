@@ -20,7 +20,9 @@ from pybtex.style.labels import BaseLabelStyle
 
 def _last_name(person) -> str:
     """A person's last name as plain text (``{\\L}ukasz``-style LaTeX decoded)."""
-    return Text.from_latex(" ".join(person.prelast_names + person.last_names)).render_as("text")
+    return Text.from_latex(
+        " ".join(person.prelast_names + person.last_names)
+    ).render_as("text")
 
 
 def author_year_label(entry) -> str:

@@ -105,7 +105,11 @@ def _configure(app, config):
 def _is_thebe(script) -> bool:
     filename = str(getattr(script, "filename", script) or "")
     body = getattr(script, "attributes", {}).get("body", "")
-    return filename.endswith("sphinx-thebe.js") or "THEBE_JS_URL" in body or "thebe@" in filename
+    return (
+        filename.endswith("sphinx-thebe.js")
+        or "THEBE_JS_URL" in body
+        or "thebe@" in filename
+    )
 
 
 def _page_scripts(app, pagename, templatename, context, doctree):

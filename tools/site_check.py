@@ -13,12 +13,14 @@ desktop width, waits for MathJax, plotly, the widget manager and mermaid to fini
 - **heatmaps**: for every plotly heatmap, the cells drawn (distinct x and y positions after plotly
   mapped the categories) against the cells of its data; repeated category labels (two "the"
   tokens) would merge rows and columns;
+- **icons**: a Font Awesome ``<i>`` that was not turned into an svg (an icon missing from the
+  site's subset, ``tools/vendor_js.py``);
 - **JavaScript**: bytes of script files the page loaded plus its inline scripts (reported, not
   judged).
 
 It prints one row per page and writes ``site_check.json`` (and a screenshot per page) to ``--out``.
 Exit status 1 when any page has a console error, a failed request, an overflowing element or a
-heatmap with merged cells.
+heatmap with merged cells or an icon not drawn.
 
 Usage::
 
@@ -130,9 +132,13 @@ JS_MEASURE = """() => {
     .filter((e) => e.initiatorType === "script" || /\\.m?js(\\?|$)/.test(e.name));
   const inline = [...document.scripts].filter((s) => !s.src)
     .reduce((n, s) => n + s.textContent.length, 0);
+  // Font Awesome replaces each <i class="fa-..."> by an svg; one left is an icon that the
+  // site's subset (tools/vendor_js.py ICONS) does not carry
+  const icons = [...document.querySelectorAll('i[class*="fa-"]')].map((e) => e.className);
   return {
     overflowing: overflowing,
     heatmaps: heatmaps,
+    icons_missing: icons,
     js_files: scripts.reduce((n, e) => n + (e.decodedBodySize || e.transferSize || 0), 0),
     js_inline: inline,
     js_largest: scripts.map((e) => [e.name.split("/").pop(), e.decodedBodySize])
@@ -150,6 +156,7 @@ class PageResult:
     heatmaps: list[dict] = field(default_factory=list)
     js_bytes: int = 0
     js_largest: list = field(default_factory=list)
+    icons_missing: list[str] = field(default_factory=list)
     problem: str = ""
     seconds: float = 0.0
 
@@ -167,6 +174,7 @@ class PageResult:
             f"drawn {h['drawn'][0]}x{h['drawn'][1]}"
             for h in self.merged_heatmaps
         ]
+        out += [f"icon not drawn: {c}" for c in self.icons_missing]
         return out
 
 
@@ -234,6 +242,7 @@ def check_page(context, base: str, page: str, out: Path, settle_s: float) -> Pag
         measured = tab.evaluate(JS_MEASURE)
         result.overflowing = measured["overflowing"]
         result.heatmaps = measured["heatmaps"]
+        result.icons_missing = measured["icons_missing"]
         result.js_bytes = measured["js_files"] + measured["js_inline"]
         result.js_largest = measured["js_largest"]
         tab.screenshot(

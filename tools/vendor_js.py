@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,45 @@ PACKAGES: dict[str, tuple[str, str, list[str]]] = {
 }
 MARKER = DEST / "VENDORED.json"
 
+# The theme's fontawesome.js (pydata-sphinx-theme) carries every Font Awesome icon: 1.5 MB of
+# JavaScript on every page for the ~20 icons of its navigation bar. The same library
+# (fontawesome-svg-core, MIT) with only those icons (CC BY 4.0) replaces it: a file in
+# html_static_path overrides the theme's static file of the same name. tools/site_check.py
+# fails a page on which an icon was left unconverted (one missing from this list).
+FONTAWESOME = {
+    "core": "@fortawesome/fontawesome-svg-core@6.7.2",
+    "fas": "@fortawesome/free-solid-svg-icons@6.7.2",
+    "fab": "@fortawesome/free-brands-svg-icons@6.7.2",
+}
+ICONS = {
+    "fas": [
+        "angle-left",
+        "angle-right",
+        "arrow-up",
+        "bars",
+        "chevron-down",
+        "circle-half-stroke",
+        "download",
+        "expand",
+        "file",
+        "file-pdf",
+        "list",
+        "magnifying-glass",
+        "moon",
+        "outdent",
+        "rocket",
+        "sun",
+        "compress",
+        "copy",
+        "check",
+        "xmark",
+        "house",
+        "circle-info",
+    ],
+    "fab": ["github"],
+}
+FONTAWESOME_OUT = DEST.parent / "scripts" / "fontawesome.js"
+
 
 def _npm_pack(spec: str) -> Path:
     """Download ``spec``'s tarball into the cache (once) and return its path."""
@@ -95,6 +135,62 @@ def _extract(tarball: Path, strip: str, dest: str, globs: list[str]) -> int:
     return count
 
 
+def _tar_text(tarball: Path, inner: str) -> str:
+    with tarfile.open(tarball, "r:gz") as tar:
+        return tar.extractfile(f"package/{inner}").read().decode()
+
+
+def _icon_definition(tarball: Path, prefix: str, name: str) -> dict:
+    """``{prefix, iconName, icon: [width, height, aliases, unicode, path]}`` from an icon's
+    CommonJS file in the npm package (``faMagnifyingGlass.js`` for ``magnifying-glass``)."""
+    module = "fa" + "".join(part.capitalize() for part in name.split("-")) + ".js"
+    text = _tar_text(tarball, module)
+
+    def value(var: str) -> str:
+        found = re.search(rf"^var {var} = (.*);$", text, flags=re.M)
+        if found is None:
+            raise SystemExit(f"vendor_js: no {var} in {module}")
+        return found.group(1)
+
+    path = json.loads(value("svgPathData").replace("'", '"'))
+    return {
+        "prefix": prefix,
+        "iconName": name,
+        "icon": [
+            int(value("width")),
+            int(value("height")),
+            json.loads(value("aliases")),
+            json.loads(value("unicode").replace("'", '"')),
+            path,
+        ],
+    }
+
+
+def _fontawesome_subset() -> Path:
+    """Write ``scripts/fontawesome.js``: fontawesome-svg-core plus only :data:`ICONS`."""
+    core = _tar_text(_npm_pack(FONTAWESOME["core"]), "index.js")
+    definitions = [
+        _icon_definition(_npm_pack(FONTAWESOME[prefix]), prefix, name)
+        for prefix, names in ICONS.items()
+        for name in names
+    ]
+    FONTAWESOME_OUT.parent.mkdir(parents=True, exist_ok=True)
+    FONTAWESOME_OUT.write_text(
+        "/* Font Awesome Free 6.7.2 (fontawesome-svg-core, MIT; icons CC BY 4.0,\n"
+        " * https://fontawesome.com/license/free) with only the icons this site uses:\n"
+        " * tools/vendor_js.py. */\n"
+        # the UMD wrapper would register an anonymous AMD module where require.js is loaded
+        "(function () { var define = undefined, exports = undefined, module = undefined;\n"
+        + core
+        + "\n}).call(window);\n"
+        "(function (fa) {\n"
+        f"  fa.library.add.apply(fa.library, {json.dumps(definitions)});\n"
+        "  fa.dom.watch();\n"
+        "})(window['fontawesome-svg-core']);\n"
+    )
+    return FONTAWESOME_OUT
+
+
 def _plotly_js() -> Path:
     import plotly
 
@@ -112,6 +208,7 @@ def wanted() -> dict:
     return {
         "npm": {spec: list(rule) for spec, rule in sorted(PACKAGES.items())},
         "plotly": plotly.__version__,
+        "fontawesome": {"packages": FONTAWESOME, "icons": ICONS},
     }
 
 
@@ -128,6 +225,7 @@ def main() -> int:
         )
         if DEST.exists():
             shutil.rmtree(DEST)
+        FONTAWESOME_OUT.unlink(missing_ok=True)  # the theme's own file is used instead
         _plotly_js()
         return 0
     if DEST.exists():
@@ -138,6 +236,10 @@ def main() -> int:
             raise SystemExit(f"vendor_js: no files matched in {spec}: {globs}")
         print(f"vendor_js: {spec}: {n} files")
     _plotly_js()
+    if FONTAWESOME_OUT.exists():
+        FONTAWESOME_OUT.unlink()
+    out = _fontawesome_subset()
+    print(f"vendor_js: Font Awesome subset: {out.stat().st_size / 1e3:.0f} kB")
     MARKER.write_text(json.dumps(wanted(), indent=1))
     return 0
 

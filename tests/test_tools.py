@@ -178,3 +178,21 @@ def test_the_executor_uses_the_shared_data_and_never_the_fallback(
     monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
     with pytest.raises(data.DatasetUnavailable, match="forbids the generated corpus"):
         data._fallback("WikiText-2")
+
+
+def test_saved_widget_state_is_dropped_when_no_widget_is_shown():
+    import execute
+
+    state = {"application/vnd.jupyter.widget-state+json": {"state": {"m": {}}}}
+    nb = new_notebook(cells=[new_code_cell("1")], metadata={"widgets": state})
+    execute.drop_unshown_widget_state(nb)
+    assert "widgets" not in nb.metadata
+    shown = new_code_cell("w")
+    shown.outputs = [
+        nbformat.v4.new_output(
+            "display_data", data={execute.WIDGET_VIEW: {"model_id": "m"}}
+        )
+    ]
+    nb = new_notebook(cells=[shown], metadata={"widgets": state})
+    execute.drop_unshown_widget_state(nb)
+    assert nb.metadata["widgets"] == state

@@ -54,6 +54,24 @@ def _clean(nb: nbformat.NotebookNode) -> None:
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+    drop_unshown_widget_state(nb)
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_unshown_widget_state(nb) -> None:
+    """Drop saved widget state when no output shows a widget: nbclient keeps the input's state
+    when a run creates none (e.g. after progress bars were switched off), and myst-nb would load
+    the widget manager (3.6 MB) for it on the page."""
+    shown = any(
+        WIDGET_VIEW in out.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
+    if not shown:
+        nb.metadata.pop("widgets", None)
 
 
 def execute(path: Path, profile: str, timeout: int) -> float:

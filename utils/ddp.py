@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import signal
 import subprocess
@@ -537,6 +538,13 @@ def _main(argv: list[str] | None) -> None:
         results = train(config, device)
         if results is not None:
             save_atomically(results, config.out)
+        # Why: the DDP/FSDP wrapper sits in reference cycles that keep gloo's pair threads
+        # alive; if one rank tore its group down while rank 0 was still saving, those
+        # threads saw the peer vanish at interpreter exit and aborted the rank (SIGABRT).
+        # Collect the wrappers, then leave together.
+        del results
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -106,7 +106,10 @@ def execute(path: Path, profile: str, timeout: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb"
+        "notebooks",
+        nargs="*",
+        type=Path,
+        help="default: the chapters and notebooks/exercises/",
     )
     parser.add_argument("--profile", default="book", choices=PROFILES)
     parser.add_argument(
@@ -117,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9]*.ipynb")) + sorted(
+        (NOTEBOOKS / "exercises").glob("*.ipynb")
+    )
     paths = [p.resolve() for p in paths if not p.name.endswith(".failed.ipynb")]
     for p in paths:
         if not p.exists():

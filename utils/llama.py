@@ -376,9 +376,17 @@ class LlamaDecoder(nn.Module):
                 f"[{int(ids.min())}, {int(ids.max())}]"
             )
 
-    def forward(
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The output layer's ``(vocab_size, d_model)`` matrix (the embedding, when tied)."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden_states(
         self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
     ) -> torch.Tensor:
+        """The final normalised hidden states ``(B, T, d_model)`` (``(B, 1, d_model)`` with
+        ``last_only``): what the output layer reads. A loss on a few positions only (the
+        assistant's tokens in fine-tuning) multiplies just those by the output layer."""
         start = 0 if cache is None else len(cache)
         self._check_ids(ids, start)
         T = ids.shape[1]
@@ -388,9 +396,13 @@ class LlamaDecoder(nn.Module):
         x = self.embed(ids)  # (B, T, d_model)
         for i, block in enumerate(self.blocks):
             x = block(x, positions, mask, None if cache is None else cache.layers[i])
-        x = self.norm(x[:, -1:] if last_only else x)
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight)  # (B, T, vocab_size), or (B, 1, vocab_size)
+        return self.norm(x[:, -1:] if last_only else x)
+
+    def forward(
+        self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+    ) -> torch.Tensor:
+        hidden = self.hidden_states(ids, cache, last_only)
+        return F.linear(hidden, self.output_weight)  # (B, T, vocab) or (B, 1, vocab)
 
 
 # --------------------------------------------------------------------------------------------

@@ -91,6 +91,17 @@ def test_two_turn_examples_have_a_system_message_and_two_replies():
     assert example.prompt == list(example.messages[:-1])
 
 
+def test_near_misses_and_wordy_replies_are_wrong_in_the_right_way():
+    for example in chat_data.make_examples(200, "train", seed=5):
+        wrong = chat_data.near_misses(example)
+        assert len(set(wrong)) == 2 and example.answer not in wrong
+        assert all(w.strip() for w in wrong)
+        wordy = chat_data.wordy_reply(example)
+        assert example.answer in wordy and wordy != example.answer
+    with pytest.raises(TypeError, match="ChatExample"):
+        chat_data.near_misses("82")
+
+
 def test_chat_data_rejects_bad_requests():
     with pytest.raises(ValueError, match="split must be one of"):
         chat_data.make_examples(3, "test")
@@ -252,17 +263,11 @@ def test_both_masks_give_apply_chat_templates_ids_on_every_family(smol_tokenizer
 
 @pytest.mark.slow
 def test_assistant_loss_equals_transformers_loss_with_labels(smol_tokenizer):
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
     from utils import gguf_weights
-    from utils.pretrained import smollm2_gguf_path
 
     tokenizer, system = smol_tokenizer
-    path = smollm2_gguf_path()
-    hf_logging.disable_progress_bar()
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
-    ours = gguf_weights.load_llama_gguf(path)
+    hf = gguf_weights.load_transformers_model()  # transformers' loader, not ours
+    ours = gguf_weights.load_llama_gguf()
     examples = chat_data.make_examples(4, "train", seed=2)
     chats = [sft.tokenize_chat(tokenizer, e.messages, system) for e in examples]
     for chat in chats:  # one at a time: transformers' loss has no padding to skip then

@@ -57,6 +57,14 @@ Used by one chapter
   - :mod:`utils.lm_recipes` — the seed tutorial's and the book's recipes (5.2).
   - :mod:`utils.ddp` — data-parallel training with ``torch.distributed`` (5.6).
 
+Post-training (5.7, 5.8)
+  - :mod:`utils.chat_data` — generated conversations whose replies can be checked exactly.
+  - :mod:`utils.sft` — the assistant-only loss mask (derived twice) and its loss.
+  - :mod:`utils.lora` — LoRA adapters from scratch: add, merge, save; matched to peft.
+  - :mod:`utils.dpo` — direct preference optimisation from its derivation; matched to trl.
+  - :mod:`utils.evaluation` — exact match, bootstrap intervals, multiple choice by
+    log-likelihood, bits per byte, n-gram contamination.
+
 Exercises (``notebooks/exercises/``)
   - :mod:`utils.grader` — the one ``check(...)``: grades a reader's answer, says what is wrong.
   - ``utils.exercises_<chapter>`` — that chapter's graders, each with a reference answer and

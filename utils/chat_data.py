@@ -37,6 +37,8 @@ __all__ = [
     "split_of",
     "make_example",
     "make_examples",
+    "near_misses",
+    "wordy_reply",
 ]
 
 FAMILIES = ("addition", "km_to_m", "upper", "sort", "two_turn")
@@ -186,3 +188,32 @@ def make_examples(
         examples.append(example)
         misses = 0
     return examples
+
+
+def near_misses(example: ChatExample) -> list[str]:
+    """Two wrong replies close to the right one, in the asked-for format.
+
+    A number off by ten and one with its last digit dropped; the word in lower case and
+    capitalised; the sorted words reversed and rotated. Used as the wrong candidates of a
+    multiple-choice test and as rejected replies of preference pairs.
+    """
+    if not isinstance(example, ChatExample):
+        raise TypeError(f"example must be a ChatExample, got {type(example).__name__}")
+    answer = example.answer
+    if example.family == "upper":
+        return [answer.lower(), answer.capitalize()]
+    if example.family == "sort":
+        words = answer.split(", ")
+        return [", ".join(words[::-1]), ", ".join(words[1:] + words[:1])]
+    return [str(int(answer) + 10), answer[:-1]]
+
+
+def wordy_reply(example: ChatExample) -> str:
+    """The right answer inside a sentence: the content kept, the asked-for format broken."""
+    if not isinstance(example, ChatExample):
+        raise TypeError(f"example must be a ChatExample, got {type(example).__name__}")
+    if example.family == "upper":
+        return f"The word in capital letters is {example.answer}."
+    if example.family == "sort":
+        return f"In alphabetical order, the words are: {example.answer}."
+    return f"The answer is {example.answer}."

@@ -347,6 +347,43 @@ def continuation_logprobs(
     return logp.gather(1, continuation.to(logp.device)[:, None])[:, 0].cpu()
 
 
+@torch.no_grad()
+def _batched_continuation_logprobs(
+    model: Callable, prompt: torch.Tensor, choices: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """:func:`continuation_logprobs` of every choice, in one forward pass of batch ``K``.
+
+    The rows ``prompt + choice_k`` are right-padded (with the prompt's first token; causal
+    attention never lets a real token read the padding after it), so row ``k``'s logits at
+    positions ``P - 1 .. P + C_k - 2`` are those of its own forward pass.
+    """
+    P = prompt.numel()
+    longest = P + max(c.numel() for c in choices)
+    n_ctx = _context_length(model)
+    if n_ctx is not None and longest > n_ctx:
+        raise ValueError(
+            f"prompt ({P} tokens) plus the longest choice ({longest - P}) exceed the "
+            f"model's context of {n_ctx} tokens; shorten the prompt"
+        )
+    rows = torch.full((len(choices), longest), int(prompt[0]), dtype=torch.long)
+    for k, choice in enumerate(choices):
+        rows[k, :P] = prompt
+        rows[k, P : P + choice.numel()] = choice
+    out = model(rows.to(_device(model)))
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.shape[:2] != rows.shape:
+        raise TypeError(
+            f"model(ids) of shape {tuple(rows.shape)} must return logits (K, T, V) or an "
+            "object with .logits (a transformers model)"
+        )
+    result = []
+    for k, choice in enumerate(choices):
+        C = choice.numel()
+        logp = F.log_softmax(logits[k, P - 1 : P + C - 1].float(), dim=-1)  # (C, V)
+        result.append(logp.gather(1, choice.to(logp.device)[:, None])[:, 0].cpu())
+    return result
+
+
 class ChoiceScores(NamedTuple):
     """The log-likelihood scores of the ``K`` choices of one multiple-choice item.
 
@@ -381,8 +418,8 @@ def score_choices(
 ) -> ChoiceScores:
     """Score ``K`` candidate continuations of one prompt by their log-likelihood.
 
-    ``choices_ids``: ``K`` token-id sequences (each scored by :func:`continuation_logprobs`,
-    one forward pass per choice); ``choice_texts``: the ``K`` strings they encode, for the
+    ``choices_ids``: ``K`` token-id sequences, scored as :func:`continuation_logprobs` would
+    score each, in one forward pass of batch ``K``; ``choice_texts``: the ``K`` strings they encode, for the
     per-byte normalisation. ``pick("sum")`` is lm-evaluation-harness's ``acc``: the raw
     log-likelihood, which prefers short choices. Its ``acc_norm`` divides by the length of the
     choice string, which it counts in characters (``len(str)``); here the UTF-8 bytes are
@@ -414,13 +451,11 @@ def score_choices(
                     f"choice_texts[{k}] must be a non-empty str, got {text!r}"
                 )
             n_bytes.append(len(text.encode("utf-8")))
-    sums, per_token = [], []
-    for k, choice in enumerate(choices_ids):
-        logp = continuation_logprobs(
-            model, prompt_ids, _ids(choice, f"choices_ids[{k}]")
-        )
-        sums.append(float(logp.sum()))
-        per_token.append(sums[-1] / logp.numel())
+    prompt = _ids(prompt_ids, "prompt_ids")
+    choices = [_ids(c, f"choices_ids[{k}]") for k, c in enumerate(choices_ids)]
+    logps = _batched_continuation_logprobs(model, prompt, choices)
+    sums = [float(lp.sum()) for lp in logps]
+    per_token = [total / lp.numel() for total, lp in zip(sums, logps, strict=True)]
     per_byte = (
         None if n_bytes is None else [s / b for s, b in zip(sums, n_bytes, strict=True)]
     )

@@ -56,6 +56,7 @@ __all__ = [
     "gguf_state_dict",
     "load_llama_gguf",
     "load_gguf_tokenizer",
+    "load_transformers_model",
 ]
 
 QK = 32  # weights per block in Q4_1 and Q8_0
@@ -330,3 +331,34 @@ def load_gguf_tokenizer(path: str | os.PathLike | None = None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def load_transformers_model(path: str | os.PathLike | None = None):
+    """transformers' own model from the same GGUF file (its loader, not ours), in eval mode.
+
+    The reference every check of :class:`utils.llama.LlamaDecoder` compares with. Loaded
+    quietly: transformers' GGUF reader draws a progress bar with plain ``tqdm``, which its
+    ``disable_progress_bar()`` does not reach, so the bar is switched off for the load only.
+    """
+    import functools
+
+    from transformers import AutoModelForCausalLM
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    path = _gguf_path(path)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    plain_tqdm = getattr(gguf_utils, "tqdm", None)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if plain_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(plain_tqdm, disable=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    finally:
+        if plain_tqdm is not None:
+            gguf_utils.tqdm = plain_tqdm
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval()

@@ -355,7 +355,8 @@ def trainer_loss(beta: float = 0.1):
     ref_rejected)``: two :func:`dpo_batch` halves (padded to one length) and the reference's
     ``(B,)`` log-probabilities of the two replies, computed once before training. The chosen
     and rejected rows go through the policy in one forward pass. Returns ``(loss,
-    {"reward_accuracy", "margin"}, n_pairs)``, the trainer's format.
+    {"reward_accuracy", "margin"}, n_tokens)``, the trainer's format (``n_tokens``: the reply
+    tokens scored, chosen and rejected).
     """
     check_positive_float("beta", beta, optional=False)
 
@@ -374,6 +375,11 @@ def trainer_loss(beta: float = 0.1):
         policy_chosen, policy_rejected = logps.chunk(2)
         out = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
         metrics = {"reward_accuracy": out.accuracy, "margin": out.margins.mean()}
-        return out.loss, metrics, torch.tensor(policy_chosen.numel())
+        n_tokens = (chosen_t != IGNORE_INDEX).sum() + (rejected_t != IGNORE_INDEX).sum()
+        return (
+            out.loss,
+            metrics,
+            n_tokens,
+        )  # reply tokens scored: the trainer's tokens/s
 
     return loss_fn

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from utils import compute
-from utils.grader import exercise
+from utils.grader import exercise, open_exercise
 from utils.models import TransformerLM
 from utils.ngram import BOS, EOS, NGramLM
 
@@ -397,3 +397,33 @@ def step_flops(answer):
         else:
             yield f"{what}: you predicted {got:,.0f} FLOPs, the counter measures {want:,}"
         return
+
+
+# --- 01.order_vs_data (open-ended) --------------------------------------------------------
+
+open_exercise(
+    "01.order_vs_data",
+    "How much text does a higher n-gram order need?",
+    difficulty=2,
+    rubric=[
+        "Fits Kneser-Ney models of at least three orders on at least three training sizes "
+        "that span a factor of 10 or more, and scores every model on the same held-out "
+        "sentences.",
+        "Reports the held-out perplexity of every (order, size) pair and names the best "
+        "order at each size.",
+        "Reports for the same pairs the share of held-out n-grams never seen in training "
+        "(NGramLM.unseen_rate), and uses it to explain why a high order loses on little text.",
+        "Explains why each step up in order needs much more text than the one before, and "
+        "why each extra order gains less (the text's dependencies are mostly short; backing "
+        "off to shorter contexts keeps a too-high order from costing much).",
+    ],
+    answer="""
+        Sweep order x training size with NGramLM(n) (interpolated Kneser-Ney) on one held-out
+        set. With little text the best order is low: most held-out contexts of a long n-gram
+        were never seen, so the model backs off to shorter ones and the longer context buys
+        nothing. As the text grows, the unseen share of every order falls and the best order
+        rises, each step needing far more text than the last, since an order-n model has many
+        more contexts to fill than an order n-1 one. The gain of each step shrinks once the
+        order reaches the length of the dependencies the text has.
+    """,
+)

@@ -7,7 +7,7 @@ import torch
 from tokenizers import Tokenizer, models
 from torch import nn
 
-from utils.grader import exercise
+from utils.grader import exercise, open_exercise
 from utils.models import TransformerLM
 
 
@@ -451,3 +451,36 @@ def lm_parameters(answer):
         else:
             yield f"{what}: you counted {got:,}, the model has {want:,} ({diff:+,})"
         return
+
+
+# --- 02.vocab_budget (open-ended) ---------------------------------------------------------
+
+open_exercise(
+    "02.vocab_budget",
+    "Which tokenizer gives the best model for a fixed budget?",
+    difficulty=3,
+    rubric=[
+        "Holds the model (all but its embedding rows), the steps, the batch and the context "
+        "in tokens fixed across tokenizers, and says how much text each run therefore saw.",
+        "Compares the models in bits (or nats) per character or per word of the held-out "
+        "text, not in per-token perplexity, and shows from the table why per-token numbers "
+        "mislead.",
+        "Reports each tokenizer's vocabulary size, characters per token and the embedding "
+        "parameters it costs (V x d).",
+        "Explains the result by what a longer token buys at a fixed budget (more text per "
+        "step and per context window), and names what stops ever larger vocabularies from "
+        "winning on real text (rare tokens seen too seldom, V x d parameters, a wider "
+        "softmax).",
+    ],
+    answer="""
+        Train one model per tokenizer with identical settings and score the held-out text in
+        bits per character: the loss per token divided by ln 2 and by the characters per
+        token. Per-token perplexity does not compare across tokenizers, because a token that
+        covers more text is harder to predict. With the tokens per step fixed, longer tokens
+        let every step and every context window see more text, so bits per character fall as
+        the vocabulary grows, on the toy grammar until every word is one token and BPE has
+        nothing left to merge. On real text the gain shrinks and turns: rare tokens get few
+        updates, every entry costs d parameters in the embedding (and the output layer), and
+        the softmax widens.
+    """,
+)

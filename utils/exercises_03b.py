@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from utils import attention_cost
-from utils.grader import exercise
+from utils.grader import exercise, open_exercise
 
 
 def _tensor(value, what: str) -> torch.Tensor:
@@ -376,3 +376,37 @@ def head_stats(answer):
                 err = (previous - want_p).abs().max().item()
                 yield f"{where}: previous-token weight off by up to {err:.3g}"
             return
+
+
+# --- 03b.attention_share (open-ended) -----------------------------------------------------
+
+open_exercise(
+    "03b.attention_share",
+    "When does attention cost more than the rest of the block?",
+    difficulty=2,
+    rubric=[
+        "Predicts the crossover from FLOP counts before measuring: per sequence, QK^T and "
+        "the weighted sum of V cost 4 L^2 d over the full matrix, the four projections and "
+        "the MLP (d_ff = 4d) 24 L d^2, so the two are equal at L = 6d.",
+        "Times the whole block and the attention kernel alone on the same inputs, after a "
+        "warm-up and interleaved, as medians of several calls, at five or more doubling "
+        "lengths and at least two widths.",
+        "Reports per width and length the measured time share of attention next to the "
+        "predicted FLOP share, and the length at which the measured share passes one half.",
+        "Explains why the crossover moves with d, what a causal kernel that skips the masked "
+        "half changes (about 12d), and why measured and predicted shares need not agree "
+        "(kernel efficiency, the softmax's memory traffic, LayerNorm and GELU left out of "
+        "the count).",
+    ],
+    answer="""
+        Counting FLOPs, attention's share of a block is L / (L + 6d) over a full score matrix:
+        quadratic in L against linear, so it overtakes the projections and the MLP at L = 6d,
+        or at about 12d for a causal kernel that skips the masked half. Timing
+        scaled_dot_product_attention against the whole block shows the share rising with L
+        and the crossover near 6d, moving out with d; the measured shares differ from the FLOP
+        shares by what the count leaves out (LayerNorms, GELU, the fixed cost of a call) and by
+        how fast each kernel runs per FLOP. At scale: for a model of width 4096 the crossover lies near 25k tokens
+        (near 49k with a causal kernel), so at a context of a few thousand tokens attention is
+        a small part of a large model's compute and a large part of a small model's.
+    """,
+)

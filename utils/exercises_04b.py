@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.grader import exercise
+from utils.grader import exercise, open_exercise
 from utils.optim import warmup_cosine
 
 
@@ -352,3 +352,33 @@ def accumulate(answer):
                 f"(norm ratio {ratio:.3g})"
             )
         return
+
+
+# --- 04b.tune_each_optimizer (open-ended) -------------------------------------------------
+
+open_exercise(
+    "04b.tune_each_optimizer",
+    "Compare SGD and AdamW fairly: tune each one's learning rate",
+    difficulty=3,
+    rubric=[
+        "Every run starts from the same initial weights and sees the same batches for the "
+        "same number of steps; only the optimizer and its learning rate change.",
+        "Sweeps at least four learning rates per optimizer on a logarithmic grid, and the "
+        "best rate of each lies inside its grid, not at an edge.",
+        "Reports the validation loss of every run (not the loss of the last training batch) "
+        "in one table, and compares the optimizers at their own best rates.",
+        "Explains why the best rates lie so far apart (SGD's step scales with the gradient; "
+        "Adam divides each parameter's gradient by its running RMS, so its step is about the "
+        "learning rate) and why one shared rate would decide the comparison by itself.",
+    ],
+    answer="""
+        Give both optimizers the same start, batches and steps, sweep each one's learning rate
+        on a logarithmic grid and compare them at their own best rates. The best rates lie
+        far apart: an SGD step is the learning rate times the gradient, so the right rate
+        depends on the gradients' scale, while Adam divides each parameter's gradient by the
+        root of its running mean square, so its step is about the learning rate whatever that
+        scale. At one shared rate either optimizer can be made to look broken. Tuned, AdamW
+        reaches the lower validation loss in this setup: one seed, one tiny model, one budget,
+        a measurement of this setup rather than a law.
+    """,
+)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils import lm_recipes
-from utils.grader import exercise
+from utils.grader import exercise, open_exercise
 from utils.models import count_parameters
 
 
@@ -244,3 +244,34 @@ def tied_parameters(answer):
         else:
             yield f"V={v:,}, d={d}, tied={tied}: you counted {got:,}, the module has {want:,}"
         return
+
+
+# --- 05b.budget_knobs (open-ended) --------------------------------------------------------
+
+open_exercise(
+    "05b.budget_knobs",
+    "Width, depth or learning rate: which moves perplexity most at a fixed budget?",
+    difficulty=3,
+    rubric=[
+        "Changes one knob at a time around one baseline (width, depth, learning rate; at "
+        "least two other values each) and keeps the training tokens (steps x batch x "
+        "context), the batches and the evaluation the same for every run.",
+        "Repeats the baseline with at least two more seeds and compares each knob's effect "
+        "with that seed-to-seed spread before calling it real.",
+        "Reports the validation perplexity, parameter count and training time of every run "
+        "in one table, and ranks the knobs by the spread of perplexity each one causes.",
+        "Explains the ranking (at a small budget the learning rate decides how far training "
+        "gets; width adds capacity, and compute at equal tokens; depth changes little at "
+        "this size) and says what a one-at-a-time sweep misses (the best learning rate "
+        "depends on the width).",
+    ],
+    answer="""
+        Sweep one knob at a time around a baseline with the same batches, steps and
+        evaluation, and measure the seed-to-seed spread of the baseline first. At a budget of
+        a few dozen steps the learning rate moves validation perplexity most: it sets how far
+        the weights get in so few updates. Width comes next, with more parameters and more
+        compute per token. Depth moves it by about the seed-to-seed spread. One knob at a time
+        misses interactions: a wider model usually wants a smaller learning rate, so the
+        ranking belongs to this baseline and this budget.
+    """,
+)

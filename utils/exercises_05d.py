@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from utils import finetune
-from utils.grader import exercise
+from utils.grader import exercise, open_exercise
 from utils.models import mean_pool
 
 
@@ -267,3 +267,36 @@ def accuracy_margin(answer):
         else:
             yield f"{what}; the 95% margin is {want:.4g}"
         return
+
+
+# --- 05d.when_pretraining_pays (open-ended) -----------------------------------------------
+
+open_exercise(
+    "05d.when_pretraining_pays",
+    "When does fine-tuning beat training from scratch?",
+    difficulty=3,
+    rubric=[
+        "Pretrains on text without its labels, then trains the same architecture with a new "
+        "head twice per label count, from the pretrained weights and from random ones, with "
+        "the same steps, learning rate and labelled examples.",
+        "Uses at least four label counts spanning a factor of 30 or more, and scores every "
+        "model on one test set of several hundred examples that none of them trained on.",
+        "Reports the test accuracy of both starts at every label count, and names the label "
+        "counts where the pretrained start wins clearly and where the two meet.",
+        "Explains why: pretraining learned from unlabelled text which words behave alike, so "
+        "a few labels only have to name the groups, while with enough labels a model from "
+        "scratch learns them from the labels; and names what would shrink the benefit "
+        "(pretraining text unlike the task's, too few labels even to fit the head).",
+    ],
+    answer="""
+        Pretrain a small language model on the reviews without their labels, then fine-tune
+        it and a randomly initialised twin, each with a new classification head, on growing
+        numbers of labelled reviews, and score both on the same test reviews. With a few
+        dozen labels the pretrained start is clearly ahead: predicting the next word taught
+        it which adjectives go together, so the labels only have to say which group is the
+        positive one. With hundreds of labels the model from scratch learns the same groups
+        from the labels and catches up on this easy task. The benefit shrinks when the
+        pretraining text is unlike the task's, and vanishes when there are too few labels to
+        fit even the head.
+    """,
+)

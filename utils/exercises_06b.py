@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from utils.decoding import apply_repetition_penalty
-from utils.grader import exercise
+from utils.grader import exercise, open_exercise
 from utils.models import filter_logits
 
 
@@ -260,3 +260,37 @@ def repetition_penalty(answer):
             else:
                 yield f"{where}: you gave {zg:.4f}, expected {want[b, v].item():.4f}"
             return
+
+
+# --- 06b.decoding_tradeoff (open-ended) ---------------------------------------------------
+
+open_exercise(
+    "06b.decoding_tradeoff",
+    "Diversity against errors, on a language whose rules are known",
+    difficulty=3,
+    rubric=[
+        "Decodes the same prompts with the same number and length of samples and seeded "
+        "generators for every setting: greedy, at least three temperatures and at least one "
+        "truncated setting (top-p or top-k).",
+        "Measures errors in a way the sampler cannot game (here: word pairs never seen in "
+        "the training text), next to diversity across samples (distinct-n, with greedy's "
+        "one continuation counted once per sample) and loops within a sample (rep-n).",
+        "Reports all of them for every setting in one table and picks a setting for an "
+        "error tolerance stated in advance.",
+        "Explains the trade-off: greedy and low temperatures keep to the mode (identical "
+        "samples, loops); high temperatures flatten the distribution and give its tail, "
+        "where the errors are, more mass; truncation cuts the tail off before sampling.",
+    ],
+    answer="""
+        Train a small model on the generated corpus, whose grammar is known, so that an error
+        can be counted: a word pair that never occurs in the training text. Decode the same
+        prompt under each setting with seeded generators and measure errors, diversity
+        across samples and repetition within a sample. Greedy decoding makes no errors but
+        says one thing, in a loop; raising the temperature buys diversity and, beyond some
+        point, errors, because a flatter distribution samples more often from the tail where
+        an imperfect model keeps its mistakes; cutting the tail off with top-p or top-k
+        removes many of those errors at the same temperature, at some cost in diversity. Which
+        setting is best depends on the error tolerance, and on the model: a better-trained
+        model keeps less mass in its tail.
+    """,
+)

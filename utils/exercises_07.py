@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils import compute
-from utils.grader import exercise
+from utils.grader import exercise, open_exercise
 from utils.models import mean_pool
 
 
@@ -397,3 +397,34 @@ def seq_first_mean(answer):
             err = (got - want).abs().max().item()
             yield f"{head}: differs from the masked mean by up to {err:.3g}"
         return
+
+
+# --- 07.repeated_data (open-ended) --------------------------------------------------------
+
+open_exercise(
+    "07.repeated_data",
+    "Is repeated data as good as new data?",
+    difficulty=3,
+    rubric=[
+        "Keeps the model, the steps and the batches' shape fixed and varies only how much "
+        "distinct text the batches are drawn from, so that the text is seen from about once "
+        "to 64 times or more.",
+        "Reports the training and the validation loss of every run, the validation loss on "
+        "one held-out text for all of them.",
+        "Names the number of repetitions at which the validation loss starts to rise and the "
+        "gap between training and validation loss opens, and calls it memorisation.",
+        "Relates the result to data-constrained scaling (Muennighoff et al., 2023: a few "
+        "epochs cost little, many cost a lot) and states the limits of a toy run (one "
+        "simple grammar, one model size, one seed).",
+    ],
+    answer="""
+        Train the same model for the same number of steps on nested subsets of one corpus, so
+        that the subsets are seen from once to hundreds of times, and measure the training
+        and validation loss. A few repetitions cost almost nothing: the validation loss
+        barely moves and the training loss matches it. With many repetitions the training
+        loss keeps falling while the validation loss rises: the model memorises the few
+        sentences it has. Muennighoff et al. (2023) found the same at scale: up to about four
+        epochs, repeated tokens are worth about as much as new ones, and their value decays
+        with more repetition.
+    """,
+)

@@ -45,6 +45,7 @@ __all__ = [
     "collate",
     "assistant_loss",
     "generate_reply",
+    "generate_replies",
 ]
 
 IGNORE_INDEX = -100  # the label of a token the loss skips (F.cross_entropy's default)
@@ -233,3 +234,18 @@ def generate_reply(
     end = tokenizer.convert_tokens_to_ids(_END)
     out = generate_greedy(model, ids, max_new_tokens, eos_token_id=end)
     return tokenizer.decode(out.tokens, skip_special_tokens=True).strip()
+
+
+def generate_replies(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[Sequence[dict]],
+    default_system: str | None,
+    max_new_tokens: int,
+) -> list[str]:
+    """:func:`generate_reply` for each conversation, with the model in eval mode."""
+    model.eval()
+    return [
+        generate_reply(model, tokenizer, messages, default_system, max_new_tokens)
+        for messages in conversations
+    ]

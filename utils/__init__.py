@@ -69,7 +69,7 @@ Exercises (``notebooks/exercises/``)
   - :mod:`utils.grader` — the one ``check(...)``: grades a reader's answer, says what is wrong.
   - ``utils.exercises_<chapter>`` — that chapter's graders, each with a reference answer and
     known-wrong answers that the tests run:
-    :mod:`utils.exercises_01`, :mod:`utils.exercises_02`, :mod:`utils.exercises_03a`, :mod:`utils.exercises_03b`, :mod:`utils.exercises_04a`, :mod:`utils.exercises_04b`, :mod:`utils.exercises_05a`, :mod:`utils.exercises_05b`, :mod:`utils.exercises_05c`, :mod:`utils.exercises_05d`, :mod:`utils.exercises_05e`, :mod:`utils.exercises_05f`, :mod:`utils.exercises_06a`, :mod:`utils.exercises_06b`, :mod:`utils.exercises_06c`, :mod:`utils.exercises_07`.
+    :mod:`utils.exercises_01`, :mod:`utils.exercises_02`, :mod:`utils.exercises_03a`, :mod:`utils.exercises_03b`, :mod:`utils.exercises_04a`, :mod:`utils.exercises_04b`, :mod:`utils.exercises_05a`, :mod:`utils.exercises_05b`, :mod:`utils.exercises_05c`, :mod:`utils.exercises_05d`, :mod:`utils.exercises_05e`, :mod:`utils.exercises_05f`, :mod:`utils.exercises_05g`, :mod:`utils.exercises_05h`, :mod:`utils.exercises_06a`, :mod:`utils.exercises_06b`, :mod:`utils.exercises_06c`, :mod:`utils.exercises_07`.
 """
 
 __version__ = "0.1.0"

@@ -565,3 +565,9 @@ def test_smollm2_own_dequantizers_equal_gguf(smollm2):
     q8 = tensors["token_embd.weight"]
     assert q8.tensor_type.name == "Q8_0"
     assert torch.equal(dequantize_q8_0(q8.data[:1000]), dequantize_tensor(q8)[:1000])
+
+
+def test_config_as_a_dict_for_libraries_that_read_it():
+    # peft < 0.18 calls model.config.get / to_dict(); a plain dataclass has neither
+    as_dict = TINY.to_dict()
+    assert as_dict["n_kv_heads"] == 2 and LlamaConfig(**as_dict) == TINY

@@ -7,7 +7,7 @@ any versions at or above them. This run checks the promise at its weakest point,
 
 1. a virtual environment (``_build/compat-venv``) with ``torch==2.13.0`` installed first, as Colab
    has it preinstalled, then every declared dependency at exactly its lower bound (a constraints
-   file generated from ``pyproject.toml``: ``transformers==4.45`` for ``transformers>=4.45``), and
+   file generated from ``pyproject.toml``: ``transformers==4.47`` for ``transformers>=4.47``), and
    the run tools (papermill, ipykernel) at their ``requirements.txt`` pins, as Colab brings its own;
 2. a working folder in which ``llm-training-book`` is a fresh ``git clone`` of this repository
    (plus the uncommitted changes of the working tree, unless ``--committed``), so the setup cell

@@ -32,6 +32,7 @@ result against transformers. :func:`format_chatml` writes SmolLM2's chat prompt 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -135,6 +136,11 @@ class LlamaConfig:
     def head_dim(self) -> int:
         """Width of one attention head, ``d_model / n_heads``."""
         return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (libraries that read a model's ``config``, peft's older
+        releases among them, expect a dict or an object with ``to_dict``)."""
+        return dataclasses.asdict(self)
 
     @property
     def group_size(self) -> int:

@@ -37,6 +37,9 @@ PRINTED = {
     "ddp.train": "utils.ddp:train",
     "ddp._wrap": "utils.ddp:_wrap",
     "decoding.next_tokens": "utils.decoding:next_tokens",
+    "sft.assistant_loss": "utils.sft:assistant_loss",
+    "lora.LoRALinear.forward": "utils.lora:LoRALinear.forward",
+    "dpo.dpo_loss": "utils.dpo:dpo_loss",
 }
 # PyTorch's own code, printed to compare with the book's: not ours to wrap
 NOT_OURS = {"torch_adam._single_tensor_adam", "torch.optim.AdamW"}

@@ -193,10 +193,11 @@ def dpo_loss(
 ) -> DPOOutput:
     """The DPO loss ``mean(-log σ(β [(π_c - ρ_c) - (π_r - ρ_r)]))`` and its diagnostics.
 
-    The four arguments are ``(B,)`` summed log-probabilities (:func:`sequence_logps`) of the
-    chosen and rejected replies under the policy being trained (``π_c``, ``π_r``) and the
-    frozen reference (``ρ_c``, ``ρ_r``). ``beta > 0`` is the KL weight (module docstring).
-    The reference's log-probabilities are constants: they are detached here, so no gradient
+    The four arguments are ``(B,)`` summed log-probabilities (:func:`sequence_logps`)
+    of the chosen and rejected replies under the policy being trained (``π_c``,
+    ``π_r``) and the frozen reference (``ρ_c``, ``ρ_r``). ``beta > 0`` is the KL
+    weight (module docstring). The reference's log-probabilities are constants: they
+    are detached here, so no gradient
     reaches the reference even if they were computed with one.
     """
     check_positive_float("beta", beta, optional=False)

@@ -132,7 +132,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)  # (..., out)
-        # Two thin matmuls, (..., in) -> (..., r) -> (..., out), never the (out, in) B A:
+        # Two thin matmuls, (..., in) -> (..., r) -> (..., out), never the (out, in)
+        # matrix B A:
         # r (in + out) multiply-adds per token instead of in · out.
         h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., r)
         delta = F.linear(h, self.lora_B) * self.scaling  # (..., out)

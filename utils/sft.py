@@ -193,9 +193,10 @@ def assistant_loss(
     """Cross-entropy on the assistant's tokens, computing logits only where they count.
 
     ``batch = (inputs (B, T), targets (B, T))`` from :func:`collate`; ``model`` a
-    :class:`utils.llama.LlamaDecoder` (it needs ``hidden_states`` and ``output_weight``).
-    Returns ``(loss, {"accuracy": ...}, n_tokens)`` like :func:`utils.losses.lm_loss`, so
-    :class:`utils.train.Trainer` can run it; the loss equals ``lm_loss``'s on the same batch.
+    :class:`utils.llama.LlamaDecoder` (it needs ``hidden_states``, ``output_weight``).
+    Returns ``(loss, {"accuracy": ...}, n_tokens)`` like
+    :func:`utils.losses.lm_loss`, so :class:`utils.train.Trainer` can run it; the
+    loss equals ``lm_loss``'s on the same batch.
     """
     inputs, targets = batch
     counted = targets != IGNORE_INDEX  # (B, T)
